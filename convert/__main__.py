@@ -1,0 +1,5 @@
+import sys
+
+from convert._convert import main
+
+sys.exit(main())

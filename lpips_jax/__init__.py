@@ -1,0 +1,45 @@
+"""lpips_jax: LPIPS (Zhang et al., CVPR 2018) in JAX/Flax, numerically equal to ``lpips`` 0.1.4.
+
+Images are NHWC ``(N, H, W, 3)`` or ``(H, W, 3)`` float arrays in ``[-1, 1]`` (``[0, 1]``
+with ``normalize=True``). ``distance`` returns ``(N,)`` or ``()`` float32.
+
+    params = lpips_jax.load("alex")
+    d = lpips_jax.distance(params, x, y)
+"""
+
+from lpips_jax._checks import NETS, VERSIONS
+from lpips_jax._metric import (
+    LPIPS,
+    LPIPSParams,
+    distance,
+    distance_from_features,
+    distance_map,
+    features,
+    layer_distances,
+    normalize_channels,
+    to_params,
+)
+from lpips_jax._nets import Trunk, min_size, tap_channels
+from lpips_jax._weights import WeightsError, load, save
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "LPIPS",
+    "LPIPSParams",
+    "NETS",
+    "VERSIONS",
+    "Trunk",
+    "WeightsError",
+    "distance",
+    "distance_from_features",
+    "distance_map",
+    "features",
+    "layer_distances",
+    "load",
+    "min_size",
+    "normalize_channels",
+    "save",
+    "tap_channels",
+    "to_params",
+]

@@ -1,0 +1,325 @@
+"""The LPIPS metric as pure functions of ``(params, x, y)``.
+
+Contract: images are NHWC ``(N, H, W, 3)`` or unbatched ``(H, W, 3)`` float arrays with
+values in ``[-1, 1]`` (``[0, 1]`` with ``normalize=True``). ``distance`` returns ``(N,)``
+(or ``()``), ``distance_map`` returns ``(N, H, W)`` (or ``(H, W)``), ``layer_distances``
+a tuple of ``(N,)`` (or ``()``) arrays, one per tap. Results are float32.
+
+Checks of rank, channels, shapes, dtype and minimum size run at trace time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from lpips_jax import _checks, _nets
+
+# v0.1 scaling layer, from the official lpips ScalingLayer.
+SHIFT = (-0.030, -0.088, -0.188)
+SCALE = (0.458, 0.448, 0.450)
+# The official normalisation's epsilon: x / (||x|| + 1e-10).
+NORM_EPS = 1e-10
+
+
+@struct.dataclass
+class LPIPSParams:
+    """Params of one LPIPS model: a pytree whose static fields say which model it is.
+
+    ``trunk`` is the Flax param tree of the trunk (``features_{i}/kernel``, ``bias``),
+    ``heads`` a dict ``lin{k} -> {"kernel": (1, 1, C_k, 1)}`` or ``None`` when
+    ``lpips=False``. ``net``, ``version`` and ``lpips`` are static (not leaves), so jit,
+    grad, vmap and optax see only the arrays.
+    """
+
+    trunk: Any
+    heads: Any = None
+    net: str = struct.field(pytree_node=False, default="alex")
+    version: str = struct.field(pytree_node=False, default="0.1")
+    lpips: bool = struct.field(pytree_node=False, default=True)
+
+    def variables(self) -> dict:
+        """The ``{"params": ...}`` collection for :class:`LPIPS` ``.apply``."""
+        p = {"trunk": self.trunk}
+        if self.lpips:
+            p["heads"] = self.heads
+        return {"params": p}
+
+
+def _validate_params(params: Any) -> LPIPSParams:
+    if not isinstance(params, LPIPSParams):
+        raise TypeError(
+            f"params has type {type(params).__name__}: expected LPIPSParams, "
+            "as returned by lpips_jax.load(...)"
+        )
+    _checks.check_net(params.net)
+    _checks.check_version(params.version)
+    if params.lpips and params.heads is None:
+        raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
+    return params
+
+
+def _as_batch(x: Any) -> tuple[jax.Array, bool]:
+    x = jnp.asarray(x)
+    if x.ndim == 3:
+        return x[None], True
+    return x, False
+
+
+def scale_inputs(x: jax.Array, version: str, normalize: bool) -> jax.Array:
+    """``normalize`` maps [0, 1] to [-1, 1]; v0.1 then applies the scaling layer."""
+    if normalize:
+        x = 2 * x - 1
+    if version == "0.1":
+        shift = jnp.asarray(SHIFT, x.dtype)
+        scale = jnp.asarray(SCALE, x.dtype)
+        x = (x - shift) / scale
+    return x
+
+
+def normalize_channels(f: jax.Array) -> jax.Array:
+    """``f / (sqrt(sum_c f^2) + 1e-10)`` over the last axis, with finite gradients.
+
+    Equal in value to the official ``normalize_tensor``; where a feature vector is all
+    zero the official derivative of ``sqrt`` is infinite (NaN after the chain rule), here
+    the norm takes its exact value 0 through a branch whose gradient is zero. Computed in
+    float32 (or wider, when the features are float64).
+    """
+    dt = jnp.promote_types(f.dtype, jnp.float32)
+    f = f.astype(dt)
+    sq = jnp.sum(f * f, axis=-1, keepdims=True)
+    positive = sq > 0
+    norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+    return f / (norm + jnp.asarray(NORM_EPS, dt))
+
+
+def _trunk_module(params: LPIPSParams, dtype: Any, remat: bool, precision: Any) -> _nets.Trunk:
+    return _nets.Trunk(net=params.net, dtype=dtype, remat=remat, precision=precision)
+
+
+def features(
+    params: LPIPSParams,
+    x: Any,
+    *,
+    normalize: bool = False,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> tuple[jax.Array, ...]:
+    """Unit-normalised taps of ``x``: a tuple of ``(N, h_k, w_k, C_k)`` float32 arrays.
+
+    Compute once for a fixed reference and pass to :func:`distance_from_features`.
+    ``x`` is ``(N, H, W, 3)`` or ``(H, W, 3)`` (then the taps have no batch axis).
+    """
+    params = _validate_params(params)
+    _checks.check_images(x, x, params.net)
+    _checks.check_range("x", x, normalize)
+    xb, unbatched = _as_batch(x)
+    taps = _taps(params, xb, normalize, dtype, remat, precision)
+    if unbatched:
+        taps = tuple(t[0] for t in taps)
+    return taps
+
+
+def _taps(params, xb, normalize, dtype, remat, precision):
+    xs = scale_inputs(xb, params.version, normalize)
+    trunk = _trunk_module(params, dtype, remat, precision)
+    raw = trunk.apply({"params": params.trunk}, xs)
+    return tuple(normalize_channels(t) for t in raw)
+
+
+def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
+    """Per tap, the ``(N, h, w)`` weighted squared difference of normalised features."""
+    maps = []
+    for k, (a, b) in enumerate(zip(fx, fy)):
+        d = (a - b) ** 2
+        if params.lpips:
+            w = params.heads[f"lin{k}"]["kernel"].reshape(-1).astype(d.dtype)
+            maps.append(jnp.einsum("...c,c->...", d, w))
+        else:
+            maps.append(jnp.sum(d, axis=-1))
+    return tuple(maps)
+
+
+def _prepare(params, x, y, normalize):
+    params = _validate_params(params)
+    _checks.check_images(x, y, params.net)
+    _checks.check_range("x", x, normalize)
+    _checks.check_range("y", y, normalize)
+    xb, unbatched = _as_batch(x)
+    yb, _ = _as_batch(y)
+    return params, xb, yb, unbatched
+
+
+def _pair_maps(params, x, y, normalize, dtype, remat, precision):
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    fx = _taps(params, xb, normalize, dtype, remat, precision)
+    fy = _taps(params, yb, normalize, dtype, remat, precision)
+    return _head_maps(params, fx, fy), xb.shape[1:3], unbatched
+
+
+def _unbatch(a, unbatched):
+    return a[0] if unbatched else a
+
+
+def layer_distances(
+    params: LPIPSParams,
+    x: Any,
+    y: Any,
+    *,
+    normalize: bool = False,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> tuple[jax.Array, ...]:
+    """Per-tap distances (official ``retPerLayer``): a tuple of ``(N,)`` or ``()`` arrays.
+
+    Their sum is :func:`distance`.
+    """
+    maps, _, unbatched = _pair_maps(params, x, y, normalize, dtype, remat, precision)
+    return tuple(_unbatch(jnp.mean(m, axis=(-2, -1)), unbatched) for m in maps)
+
+
+def distance(
+    params: LPIPSParams,
+    x: Any,
+    y: Any,
+    *,
+    normalize: bool = False,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> jax.Array:
+    """LPIPS distance between ``x`` and ``y``.
+
+    Args:
+      params: from :func:`lpips_jax.load`.
+      x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``.
+      normalize: inputs are in ``[0, 1]`` instead.
+      dtype: compute dtype of the trunk (e.g. ``jnp.bfloat16``); params stay float32,
+        normalisation and reductions run in float32.
+      remat: recompute trunk activations in the backward pass (less memory).
+      precision: ``jax.lax.Precision`` for the convolutions (e.g. ``"highest"`` on GPU).
+
+    Returns:
+      ``(N,)`` float32 distances, or ``()`` for unbatched input.
+    """
+    per = layer_distances(
+        params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision
+    )
+    return sum(per[1:], per[0])
+
+
+def distance_from_features(
+    params: LPIPSParams, fx: tuple[jax.Array, ...], fy: tuple[jax.Array, ...]
+) -> jax.Array:
+    """:func:`distance` from precomputed :func:`features` (``(N,)`` or ``()``).
+
+    ``fx`` and ``fy`` broadcast against each other, so one reference's features
+    (batch 1) can be compared with many candidates.
+    """
+    params = _validate_params(params)
+    n = len(_nets.tap_channels(params.net))
+    if len(fx) != n or len(fy) != n:
+        raise ValueError(
+            f"expected {n} feature taps for net {params.net!r}: got {len(fx)} and {len(fy)}"
+        )
+    maps = _head_maps(params, fx, fy)
+    per = [jnp.mean(m, axis=(-2, -1)) for m in maps]
+    return sum(per[1:], per[0])
+
+
+def _upsample(m: jax.Array, hw: tuple[int, int]) -> jax.Array:
+    """Bilinear upsampling, align_corners=False (half-pixel centres), of ``(N, h, w)``."""
+    n = m.shape[0]
+    return jax.image.resize(m, (n, *hw), method="bilinear", antialias=False)
+
+
+def distance_map(
+    params: LPIPSParams,
+    x: Any,
+    y: Any,
+    *,
+    normalize: bool = False,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> jax.Array:
+    """Spatial LPIPS map (official ``spatial=True``): ``(N, H, W)`` or ``(H, W)``.
+
+    Each tap's map is upsampled bilinearly (align_corners=False) to the input size and
+    the taps are summed.
+    """
+    maps, hw, unbatched = _pair_maps(params, x, y, normalize, dtype, remat, precision)
+    ups = [_upsample(m, hw) for m in maps]
+    return _unbatch(sum(ups[1:], ups[0]), unbatched)
+
+
+class _Lin(nn.Module):
+    """One LPIPS head: a 1x1 conv to one channel, no bias (``lin{k}.model.1``)."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        init = nn.initializers.constant(1.0 / self.channels)
+        return self.param("kernel", init, (1, 1, self.channels, 1))
+
+
+class _Heads(nn.Module):
+    channels: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self) -> dict:
+        return {
+            f"lin{k}": {"kernel": _Lin(c, name=f"lin{k}")()} for k, c in enumerate(self.channels)
+        }
+
+
+class LPIPS(nn.Module):
+    """LPIPS as a Flax linen module, for embedding in a larger module tree.
+
+    ``LPIPS(net="alex")(x, y)`` returns ``(N,)`` or ``()`` distances. Its params are
+    ``{"trunk": ..., "heads": {"lin0": (1, 1, C, 1), ...}}``; ``LPIPSParams.variables()``
+    gives exactly that collection, and :func:`to_params` goes the other way. The forward
+    is the same code as :func:`distance`.
+    """
+
+    net: str = "alex"
+    version: str = "0.1"
+    lpips: bool = True
+    dtype: Any = None
+    remat: bool = False
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Any, y: Any, *, normalize: bool = False) -> jax.Array:
+        _checks.check_net(self.net)
+        _checks.check_version(self.version)
+        trunk = _nets.Trunk(
+            net=self.net, dtype=self.dtype, remat=self.remat, precision=self.precision,
+            name="trunk",
+        )  # fmt: skip
+        heads = None
+        if self.lpips:
+            heads = _Heads(_nets.tap_channels(self.net), name="heads")()
+        # Build an LPIPSParams view with the trunk bound, then share the function path.
+        params = LPIPSParams(
+            trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips
+        )
+        params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+        fx = tuple(normalize_channels(t) for t in trunk(scale_inputs(xb, self.version, normalize)))
+        fy = tuple(normalize_channels(t) for t in trunk(scale_inputs(yb, self.version, normalize)))
+        per = [jnp.mean(m, axis=(-2, -1)) for m in _head_maps(params, fx, fy)]
+        return _unbatch(sum(per[1:], per[0]), unbatched)
+
+
+def to_params(variables: dict, *, net: str, version: str = "0.1", lpips: bool = True) -> LPIPSParams:
+    """:class:`LPIPSParams` from an :class:`LPIPS` module's variables."""
+    p = variables.get("params", variables)
+    heads = p["heads"] if lpips else None
+    return LPIPSParams(trunk=p["trunk"], heads=heads, net=net, version=version, lpips=lpips)

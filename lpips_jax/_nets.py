@@ -1,0 +1,253 @@
+"""The LPIPS trunks: torchvision's AlexNet, VGG16 and SqueezeNet-1.1 ``features``.
+
+Each trunk is a Flax linen module taking ``(N, H, W, 3)`` images (already scaled) and
+returning a tuple of taps, one ``(N, h_k, w_k, C_k)`` array per LPIPS layer.
+
+Every trunk is described by a small table of layers indexed exactly like torchvision's
+``features`` sequence, so parameter ``features_{i}`` here is ``features.{i}`` there. The
+same table gives the shapes of the taps in pure Python (used for the minimum-size checks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv:
+    """``features.{index}``: a conv followed by ReLU (torchvision puts ReLU at index + 1)."""
+
+    index: int
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """A max-pool. ``ceil`` is PyTorch's ``ceil_mode``."""
+
+    kernel: int
+    stride: int
+    ceil: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Fire:
+    """SqueezeNet's Fire module at ``features.{index}``."""
+
+    index: int
+    squeeze: int
+    expand: int  # each of expand1x1 and expand3x3; output has 2 * expand channels
+
+
+@dataclasses.dataclass(frozen=True)
+class Tap:
+    """Record the current activation as an LPIPS tap."""
+
+
+TAP = Tap()
+
+
+def _convs(start: int, widths: Sequence[int]) -> list[Any]:
+    # VGG blocks: 3x3 pad-1 convs, each followed by a ReLU (index + 1).
+    return [Conv(start + 2 * i, w, 3, 1, 1) for i, w in enumerate(widths)]
+
+
+ALEX_LAYERS = (
+    Conv(0, 64, 11, 4, 2), TAP, Pool(3, 2),
+    Conv(3, 192, 5, 1, 2), TAP, Pool(3, 2),
+    Conv(6, 384, 3, 1, 1), TAP,
+    Conv(8, 256, 3, 1, 1), TAP,
+    Conv(10, 256, 3, 1, 1), TAP,
+)  # fmt: skip
+
+VGG_LAYERS = (
+    *_convs(0, [64, 64]), TAP, Pool(2, 2),
+    *_convs(5, [128, 128]), TAP, Pool(2, 2),
+    *_convs(10, [256, 256, 256]), TAP, Pool(2, 2),
+    *_convs(17, [512, 512, 512]), TAP, Pool(2, 2),
+    *_convs(24, [512, 512, 512]), TAP,
+)  # fmt: skip
+
+SQUEEZE_LAYERS = (
+    Conv(0, 64, 3, 2, 0), TAP, Pool(3, 2, ceil=True),
+    Fire(3, 16, 64), Fire(4, 16, 64), TAP, Pool(3, 2, ceil=True),
+    Fire(6, 32, 128), Fire(7, 32, 128), TAP, Pool(3, 2, ceil=True),
+    Fire(9, 48, 192), TAP,
+    Fire(10, 48, 192), TAP,
+    Fire(11, 64, 256), TAP,
+    Fire(12, 64, 256), TAP,
+)  # fmt: skip
+
+LAYERS = {"alex": ALEX_LAYERS, "vgg": VGG_LAYERS, "squeeze": SQUEEZE_LAYERS}
+
+
+def _out_channels(layer: Any) -> int:
+    return 2 * layer.expand if isinstance(layer, Fire) else layer.features
+
+
+def tap_channels(net: str) -> tuple[int, ...]:
+    """Channels of each tap, e.g. ``(64, 192, 384, 256, 256)`` for AlexNet."""
+    out, channels = [], 3
+    for layer in LAYERS[net]:
+        if isinstance(layer, (Conv, Fire)):
+            channels = _out_channels(layer)
+        elif isinstance(layer, Tap):
+            out.append(channels)
+    return tuple(out)
+
+
+def pool_output_size(n: int, kernel: int, stride: int, ceil: bool) -> int:
+    """PyTorch's ``MaxPool2d`` output length (padding 0, dilation 1)."""
+    if ceil:
+        out = math.ceil((n - kernel) / stride) + 1
+        # PyTorch: the last window must start inside the input.
+        if (out - 1) * stride >= n:
+            out -= 1
+    else:
+        out = (n - kernel) // stride + 1
+    return out
+
+
+def tap_sizes(net: str, size: int) -> tuple[int, ...]:
+    """Spatial length of each tap for an input of length ``size`` (one axis).
+
+    A length below 1 anywhere means the input is too small for this trunk.
+    """
+    out = []
+    n = size
+    for layer in LAYERS[net]:
+        if isinstance(layer, Conv):
+            n = (n + 2 * layer.padding - layer.kernel) // layer.stride + 1
+        elif isinstance(layer, Pool):
+            n = pool_output_size(n, layer.kernel, layer.stride, layer.ceil) if n >= 1 else 0
+        elif isinstance(layer, Tap):
+            out.append(n)
+        if n < 1:
+            return tuple(out) + (0,)
+    return tuple(out)
+
+
+def min_size(net: str) -> int:
+    """Smallest height/width for which every tap of ``net`` is non-empty."""
+    n = 1
+    while min(tap_sizes(net, n)) < 1 or len(tap_sizes(net, n)) < len(tap_channels(net)):
+        n += 1
+    return n
+
+
+def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
+    """NHWC max-pool matching PyTorch's floor or ceil mode (no padding)."""
+    h, w = x.shape[-3], x.shape[-2]
+    oh = pool_output_size(h, kernel, stride, ceil)
+    ow = pool_output_size(w, kernel, stride, ceil)
+    # Extra right/bottom padding (with -inf) so that a VALID window gives ceil-mode sizes.
+    ph = max((oh - 1) * stride + kernel - h, 0)
+    pw = max((ow - 1) * stride + kernel - w, 0)
+    init = jnp.array(-jnp.inf, x.dtype)
+    return lax.reduce_window(
+        x,
+        init,
+        lax.max,
+        (1, kernel, kernel, 1),
+        (1, stride, stride, 1),
+        ((0, 0), (0, ph), (0, pw), (0, 0)),
+    )
+
+
+class _FireModule(nn.Module):
+    squeeze: int
+    expand: int
+    dtype: Any = None
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = lambda f, k, p, name: nn.Conv(  # noqa: E731
+            f, (k, k), padding=((p, p), (p, p)), dtype=self.dtype,
+            precision=self.precision, name=name,
+        )  # fmt: skip
+        s = nn.relu(conv(self.squeeze, 1, 0, "squeeze")(x))
+        e1 = nn.relu(conv(self.expand, 1, 0, "expand1x1")(s))
+        e3 = nn.relu(conv(self.expand, 3, 1, "expand3x3")(s))
+        return jnp.concatenate([e1, e3], axis=-1)
+
+
+class Trunk(nn.Module):
+    """One of the LPIPS trunks; ``net`` is ``"alex"``, ``"vgg"`` or ``"squeeze"``.
+
+    ``__call__(x)`` takes ``(N, H, W, 3)`` and returns the tuple of taps.
+    ``dtype`` is the compute dtype (params stay float32); ``remat`` wraps each
+    tap-to-tap block in ``jax.checkpoint`` to save memory in the backward pass.
+    """
+
+    net: str = "alex"
+    dtype: Any = None
+    precision: Any = None
+    remat: bool = False
+
+    def setup(self):
+        layers = {}
+        for layer in LAYERS[self.net]:
+            if isinstance(layer, Conv):
+                p = layer.padding
+                layers[layer.index] = nn.Conv(
+                    layer.features,
+                    (layer.kernel, layer.kernel),
+                    strides=(layer.stride, layer.stride),
+                    padding=((p, p), (p, p)),
+                    dtype=self.dtype,
+                    precision=self.precision,
+                    name=f"features_{layer.index}",
+                )
+            elif isinstance(layer, Fire):
+                layers[layer.index] = _FireModule(
+                    layer.squeeze,
+                    layer.expand,
+                    dtype=self.dtype,
+                    precision=self.precision,
+                    name=f"features_{layer.index}",
+                )
+        self.layers = layers
+
+    def _blocks(self) -> list[list[Any]]:
+        blocks, current = [], []
+        for layer in LAYERS[self.net]:
+            if isinstance(layer, Tap):
+                blocks.append(current)
+                current = []
+            else:
+                current.append(layer)
+        return blocks
+
+    def _run_block(self, block: Sequence[Any], x: jax.Array) -> jax.Array:
+        for layer in block:
+            if isinstance(layer, Conv):
+                x = nn.relu(self.layers[layer.index](x))
+            elif isinstance(layer, Fire):
+                x = self.layers[layer.index](x)
+            else:
+                x = max_pool(x, layer.kernel, layer.stride, layer.ceil)
+        return x
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        taps = []
+        for block in self._blocks():
+            if self.remat:
+                x = nn.remat(lambda mdl, v, b=block: mdl._run_block(b, v))(self, x)
+            else:
+                x = self._run_block(block, x)
+            taps.append(x)
+        return tuple(taps)
