@@ -1,0 +1,300 @@
+"""Speed of lpips_jax against the official PyTorch lpips 0.1.4, side by side in one run.
+
+    python bench/bench_speed.py                   # full matrix on the CPU
+    python bench/bench_speed.py --quick           # alex/vgg 64x64 b1 and b32 only
+    python bench/bench_speed.py --device gpu      # CUDA for torch, the GPU for jax
+
+Each side runs in its own long-lived worker subprocess; the parent hands the workers one
+configuration at a time, in alternating rounds (ours, official, ours, official, ...), so
+neither side's thread pool competes with the other's. Per configuration and side: warm-up
+calls excluded, then the median of ``--repeats`` timed blocks, each a loop of calls long
+enough to take >= ``--min-time`` seconds. Forward: the official model in eval mode under
+``torch.no_grad()``; ours ``jax.jit(distance)``. Forward+backward: the gradient of the
+summed distance w.r.t. x (``jax.value_and_grad``; torch ``.backward()`` on x with
+``requires_grad``). Compile time of ours is timed separately (lower + compile).
+
+Achieved FLOP/s: XLA's cost analysis of the compiled function (``flops``) divided by the
+time, as a fraction of the machine's peak, measured here as the best of a float32 matmul in
+torch and in jax (2048^3, repeated) — an achievable-FMA-throughput estimate.
+SqueezeNet runs with a random trunk on both sides (no ImageNet trunk is shipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS_FULL = [
+    (net, size, batch)
+    for net in ("alex", "vgg", "squeeze")
+    for size, batch in ((64, 1), (64, 32), (256, 1), (256, 8))
+]
+CONFIGS_QUICK = [(net, 64, b) for net in ("alex", "vgg") for b in (1, 32)]
+
+
+# ----------------------------------------------------------------------------- workers
+def _timeit(fn, min_time, repeats):
+    # warm-up
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-6)
+    loops = max(1, int(min_time / one))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(loops):
+            fn()
+        times.append((time.perf_counter() - t0) / loops)
+    return statistics.median(times)
+
+
+def _worker_ours(device):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import lpips_jax
+
+    params_cache = {}
+
+    def params_for(net):
+        if net not in params_cache:
+            if net == "squeeze":
+                trunk = lpips_jax.Trunk(net="squeeze").init(
+                    jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))
+                )["params"]
+                heads = {
+                    f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1.0 / c)}
+                    for k, c in enumerate(lpips_jax.tap_channels("squeeze"))
+                }
+                params_cache[net] = lpips_jax.LPIPSParams(trunk=trunk, heads=heads, net="squeeze")
+            else:
+                params_cache[net] = lpips_jax.load(net)
+        return params_cache[net]
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd.get("op") == "quit":
+            break
+        net, size, batch, mode = cmd["net"], cmd["size"], cmd["batch"], cmd["mode"]
+        p = params_for(net)
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
+        y = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
+        if mode == "fwd":
+            f = jax.jit(lpips_jax.distance)
+        else:
+            f = jax.jit(jax.value_and_grad(lambda p, x, y: lpips_jax.distance(p, x, y).sum(), 1))
+        t0 = time.perf_counter()
+        compiled = f.lower(p, x, y).compile()
+        compile_s = time.perf_counter() - t0
+        cost = compiled.cost_analysis()
+        if isinstance(cost, list):
+            cost = cost[0]
+        flops = float(cost.get("flops", 0.0)) if cost else 0.0
+
+        def call():
+            jax.block_until_ready(compiled(p, x, y))
+
+        t = _timeit(call, cmd["min_time"], cmd["repeats"])
+        print(json.dumps({"time": t, "compile": compile_s, "flops": flops}), flush=True)
+
+
+def _worker_official(device):
+    import lpips
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    models = {}
+
+    def model_for(net):
+        if net not in models:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+            if net != "squeeze":
+                _load_trunk(m, net)
+            models[net] = m.to(dev).eval()
+        return models[net]
+
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd.get("op") == "quit":
+            break
+        net, size, batch, mode = cmd["net"], cmd["size"], cmd["batch"], cmd["mode"]
+        m = model_for(net)
+        rng = np.random.default_rng(0)
+        x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)).to(dev)
+        y = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)).to(dev)
+        sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+        if mode == "fwd":
+
+            def call():
+                with torch.no_grad():
+                    m(x, y)
+                sync()
+        else:
+            xg = x.clone().requires_grad_(True)
+
+            def call():
+                xg.grad = None
+                m(xg, y).sum().backward()
+                sync()
+
+        t = _timeit(call, cmd["min_time"], cmd["repeats"])
+        print(json.dumps({"time": t}), flush=True)
+
+
+def _load_trunk(m, net):
+    """Give the official model the same ImageNet trunk tensors that we ship."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+
+    from lpips_jax._weights import weights_dir
+
+    flat = load_file(str(weights_dir() / f"{net}_trunk.safetensors"))
+    sd = m.net.state_dict()
+    new = {}
+    for k in sd:
+        _, idx, kind = k.split(".", 2)
+        a = flat[f"trunk/features_{idx}/{'kernel' if kind == 'weight' else 'bias'}"]
+        if kind == "weight":
+            a = a.transpose(3, 2, 0, 1)
+        new[k] = torch.from_numpy(np.array(a))
+    m.net.load_state_dict(new)
+
+
+def _peak_flops(device):
+    """Achievable float32 matmul FLOP/s on this machine (best of torch and jax)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    n = 2048
+    best = 0.0
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    ta = torch.from_numpy(a)
+    if device == "gpu":
+        ta = ta.cuda()
+    for _ in range(2):
+        t = _timeit(lambda: (ta @ ta).sum().item(), 0.5, 5)
+        best = max(best, 2 * n**3 / t)
+    ja = jnp.asarray(a)
+    f = jax.jit(lambda a: a @ a)
+    t = _timeit(lambda: f(ja).block_until_ready(), 0.5, 5)
+    best = max(best, 2 * n**3 / t)
+    return best
+
+
+# ----------------------------------------------------------------------------- parent
+class Worker:
+    def __init__(self, side, device, env):
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", side, "--device", device],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+
+    def run(self, **cmd):
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("worker died")
+        return json.loads(line)
+
+    def close(self):
+        try:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        self.proc.wait(timeout=60)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--nets", default=None, help="comma-separated subset of alex,vgg,squeeze")
+    ap.add_argument("--modes", default="fwd,fwdbwd")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per config")
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks per round (median)")
+    ap.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
+    ap.add_argument("--json", help="write results here")
+    ap.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker == "ours":
+        return _worker_ours(args.device)
+    if args.worker == "official":
+        return _worker_official(args.device)
+
+    configs = CONFIGS_QUICK if args.quick else CONFIGS_FULL
+    if args.nets:
+        keep = set(args.nets.split(","))
+        configs = [c for c in configs if c[0] in keep]
+    modes = args.modes.split(",")
+    env = dict(os.environ)
+    if args.device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    peak = _peak_flops(args.device)
+    print(f"# peak (best float32 matmul, torch/jax): {peak / 1e9:.1f} GFLOP/s; "
+          f"cores {os.cpu_count()}; device {args.device}", flush=True)  # fmt: skip
+    ours, official = Worker("ours", args.device, env), Worker("official", args.device, env)
+    rows = []
+    hdr = f"{'net':8}{'size':>6}{'batch':>6}{'mode':>8}{'ours/s':>10}{'off/s':>10}{'ratio':>7}{'compile':>9}{'%peak':>7}"
+    print(hdr, flush=True)
+    try:
+        for net, size, batch in configs:
+            for mode in modes:
+                t_ours, t_off, comp, flops = [], [], 0.0, 0.0
+                common = dict(
+                    net=net, size=size, batch=batch, mode=mode,
+                    min_time=args.min_time, repeats=args.repeats,
+                )  # fmt: skip
+                for _ in range(args.rounds):
+                    r = ours.run(**common)
+                    t_ours.append(r["time"])
+                    comp, flops = r["compile"], r["flops"]
+                    t_off.append(official.run(**common)["time"])
+                to, tf = statistics.median(t_ours), statistics.median(t_off)
+                row = dict(
+                    net=net, size=size, batch=batch, mode=mode,
+                    ours_pairs_s=batch / to, official_pairs_s=batch / tf, ratio=tf / to,
+                    compile_s=comp, flops=flops, frac_peak=flops / to / peak,
+                )  # fmt: skip
+                rows.append(row)
+                print(
+                    f"{net:8}{size:>6}{batch:>6}{mode:>8}{row['ours_pairs_s']:>10.1f}"
+                    f"{row['official_pairs_s']:>10.1f}{row['ratio']:>7.2f}{comp:>8.2f}s"
+                    f"{100 * row['frac_peak']:>6.0f}%",
+                    flush=True,
+                )
+    finally:
+        ours.close()
+        official.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak_flops": peak, "device": args.device, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
