@@ -154,10 +154,10 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
     # Extra right/bottom padding (with -inf) so that a VALID window gives ceil-mode sizes.
     ph = max((oh - 1) * stride + kernel - h, 0)
     pw = max((ow - 1) * stride + kernel - w, 0)
-    init = jnp.array(-jnp.inf, x.dtype)
+    # A Python scalar init (not an array) lets JAX pick its differentiable max-pool rule.
     return lax.reduce_window(
         x,
-        init,
+        -jnp.inf,
         lax.max,
         (1, kernel, kernel, 1),
         (1, stride, stride, 1),
