@@ -21,10 +21,13 @@ from lpips_jax._metric import (
 )
 from lpips_jax._nets import Trunk, min_size, tap_channels
 from lpips_jax._weights import WeightsError, load, save
+from lpips_jax.io import ImageError, ImageInfo, read_image
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "ImageError",
+    "ImageInfo",
     "LPIPS",
     "LPIPSParams",
     "NETS",
@@ -39,6 +42,7 @@ __all__ = [
     "load",
     "min_size",
     "normalize_channels",
+    "read_image",
     "save",
     "tap_channels",
     "to_params",
