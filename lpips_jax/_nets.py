@@ -165,17 +165,117 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
     )
 
 
+def _im2col_rows_limit() -> int:
+    return _IM2COL_MAX_ROWS
+
+
+# On XLA:CPU, a conv as one matmul over explicit patches (im2col) beats XLA's own conv
+# when the output has few positions (small images, deep layers, small batches); for large
+# outputs XLA's conv wins. Measured on a 2-core x86 CPU (bench/bench_layers.py).
+_IM2COL_MAX_ROWS = 8192
+
+
+def _choose_impl(x_shape, k_shape, stride) -> str:
+    if jax.default_backend() != "cpu":
+        return "xla"
+    n, h, w, _ = x_shape
+    kh, kw = k_shape[0], k_shape[1]
+    oh = (h - kh) // stride + 1
+    ow = (w - kw) // stride + 1
+    if kh == 1 and kw == 1:
+        return "im2col"  # a plain matmul
+    return "im2col" if n * oh * ow <= _im2col_rows_limit() else "xla"
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    stride: int,
+    padding: int,
+    *,
+    impl: str = "auto",
+    precision: Any = None,
+) -> jax.Array:
+    """NHWC x HWIO convolution plus bias, as torch's ``Conv2d`` (symmetric zero padding).
+
+    ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (explicit patches and
+    one matmul) or ``"auto"`` (per layer, by backend and output size).
+    """
+    kh, kw, ci, co = kernel.shape
+    p = padding
+    if impl == "auto":
+        n, h, w, _ = x.shape
+        impl = _choose_impl((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
+    if impl == "xla":
+        y = lax.conv_general_dilated(
+            x, kernel, (stride, stride), ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+        )  # fmt: skip
+    elif impl == "im2col":
+        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+        n, h, w, _ = xp.shape
+        oh = (h - kh) // stride + 1
+        ow = (w - kw) // stride + 1
+        if kh == 1 and kw == 1 and stride == 1:
+            patches = xp
+        else:
+            cols = [
+                lax.slice(
+                    xp,
+                    (0, dy, dx, 0),
+                    (n, dy + stride * (oh - 1) + 1, dx + stride * (ow - 1) + 1, ci),
+                    (1, stride, stride, 1),
+                )
+                for dy in range(kh)
+                for dx in range(kw)
+            ]
+            patches = jnp.concatenate(cols, axis=-1)  # (N, oh, ow, kh*kw*ci), HWI order
+        y = lax.dot_general(
+            patches, kernel.reshape(kh * kw * ci, co),
+            (((3,), (0,)), ((), ())), precision=precision,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"impl={impl!r}: expected 'auto', 'xla' or 'im2col'")
+    return y + bias
+
+
+class _Conv(nn.Module):
+    """``torch.nn.Conv2d`` in NHWC: params ``kernel`` (kh, kw, in, out) and ``bias`` (out,)."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    dtype: Any = None
+    precision: Any = None
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        dtype = self.dtype or x.dtype
+        return conv2d(
+            x.astype(dtype), kernel.astype(dtype), bias.astype(dtype), self.stride, self.padding,
+            impl=self.impl, precision=self.precision,
+        )  # fmt: skip
+
+
 class _FireModule(nn.Module):
     squeeze: int
     expand: int
     dtype: Any = None
     precision: Any = None
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = lambda f, k, p, name: nn.Conv(  # noqa: E731
-            f, (k, k), padding=((p, p), (p, p)), dtype=self.dtype,
-            precision=self.precision, name=name,
+        conv = lambda f, k, p, name: _Conv(  # noqa: E731
+            f, k, 1, p, dtype=self.dtype, precision=self.precision, impl=self.impl, name=name,
         )  # fmt: skip
         s = nn.relu(conv(self.squeeze, 1, 0, "squeeze")(x))
         e1 = nn.relu(conv(self.expand, 1, 0, "expand1x1")(s))
@@ -195,19 +295,20 @@ class Trunk(nn.Module):
     dtype: Any = None
     precision: Any = None
     remat: bool = False
+    impl: str = "auto"
 
     def setup(self):
         layers = {}
         for layer in LAYERS[self.net]:
             if isinstance(layer, Conv):
-                p = layer.padding
-                layers[layer.index] = nn.Conv(
+                layers[layer.index] = _Conv(
                     layer.features,
-                    (layer.kernel, layer.kernel),
-                    strides=(layer.stride, layer.stride),
-                    padding=((p, p), (p, p)),
+                    layer.kernel,
+                    layer.stride,
+                    layer.padding,
                     dtype=self.dtype,
                     precision=self.precision,
+                    impl=self.impl,
                     name=f"features_{layer.index}",
                 )
             elif isinstance(layer, Fire):
@@ -216,6 +317,7 @@ class Trunk(nn.Module):
                     layer.expand,
                     dtype=self.dtype,
                     precision=self.precision,
+                    impl=self.impl,
                     name=f"features_{layer.index}",
                 )
         self.layers = layers
