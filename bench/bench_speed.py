@@ -259,7 +259,10 @@ def main(argv=None):
           f"cores {os.cpu_count()}; device {args.device}", flush=True)  # fmt: skip
     ours, official = Worker("ours", args.device, env), Worker("official", args.device, env)
     rows = []
-    hdr = f"{'net':8}{'size':>6}{'batch':>6}{'mode':>8}{'ours/s':>10}{'off/s':>10}{'ratio':>7}{'compile':>9}{'%peak':>7}"
+    hdr = (
+        f"{'net':8}{'size':>6}{'batch':>6}{'mode':>8}{'ours/s':>10}{'off/s':>10}"
+        f"{'ratio':>7}{'compile':>9}{'%peak':>7}"
+    )
     print(hdr, flush=True)
     try:
         for net, size, batch in configs:
