@@ -1,0 +1,506 @@
+"""The ``lpips-jax`` console script, driven as users drive it: in a subprocess.
+
+Numbers are checked against ``lpips_jax.distance`` / ``distance_map`` on arrays built
+independently of the reader (the pixels written, divided by 255 or 65535). Cheap
+parser-level cases call ``lpips_jax.cli.main`` in-process; every command also runs at
+least once through the installed ``lpips-jax`` executable. Images are 64x64 and the net is
+alex, so each process compiles one or two small shapes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import distort, photo_crops
+from PIL import Image
+from test_io import _png16
+
+import lpips_jax
+from lpips_jax import _heatmap, cli
+from lpips_jax import io as lio
+
+EXE = shutil.which("lpips-jax", path=str(Path(sys.executable).parent)) or shutil.which("lpips-jax")
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def run(*args, timeout=180) -> subprocess.CompletedProcess:
+    """Run the installed console script."""
+    assert EXE, "the lpips-jax console script is not installed (pip install -e .)"
+    return subprocess.run(
+        [EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def u8(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) / 255
+
+
+def ref_distances(params, pairs) -> np.ndarray:
+    """``lpips_jax.distance`` of ``[(x, y)]`` float [0, 1] arrays, batched by shape."""
+    out = np.zeros(len(pairs), np.float64)
+    by_shape: dict = {}
+    for k, pair in enumerate(pairs):
+        by_shape.setdefault(pair[0].shape, []).append(k)
+    for ks in by_shape.values():
+        xs = np.stack([pairs[k][0] for k in ks])
+        ys = np.stack([pairs[k][1] for k in ks])
+        out[ks] = np.asarray(lpips_jax.distance(params, xs, ys, normalize=True))
+    return out
+
+
+def read_csv(path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    return photo_crops((64, 64), 6, seed=3)
+
+
+def save(arr: np.ndarray, path: Path, **kw) -> Path:
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# The entry point, help, the official example values.
+
+
+def test_installed_entry_point_help():
+    r = run("--help")
+    assert r.returncode == 0, r.stderr
+    for cmd in ("dist", "dirs", "allpairs", "map", "convert"):
+        assert cmd in r.stdout
+    assert "exit codes" in r.stdout
+
+
+@pytest.mark.parametrize("cmd", ["dist", "dirs", "allpairs", "map"])
+def test_each_command_has_net_version_help(cmd, capsys):
+    assert cli.main([cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--net" in out and "--version" in out and "default: alex" in out
+    assert "default: 0.1" in out
+
+
+def test_example_images_vgg(examples_dir, vgg_params):
+    ref, p0, p1 = (examples_dir / f"ex_{n}.png" for n in ("ref", "p0", "p1"))
+    r = run("dist", "--net", "vgg", ref, p0)
+    assert r.returncode == 0, r.stderr
+    d0 = float(last_line(r.stdout))
+    r = run("dist", "--net", "vgg", "--json", ref, p1)
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(last_line(r.stdout))
+    assert obj.keys() == {"a", "b", "net", "version", "distance"}
+    assert (obj["a"], obj["b"], obj["net"], obj["version"]) == (str(ref), str(p1), "vgg", "0.1")
+    d1 = obj["distance"]
+    # Published values of the official model (examples README): 0.569 and 0.422.
+    assert round(d0, 3) == 0.569 and round(d1, 3) == 0.422
+    want = ref_distances(vgg_params, [(lio.read_image(ref), lio.read_image(p)) for p in (p0, p1)])
+    np.testing.assert_allclose([d0, d1], want, **TOL)
+
+
+# ---------------------------------------------------------------------------------------
+# dirs: every image mode, only-in-one names, a failure, CSV and mean.
+
+
+def _mode_folders(tmp_path: Path, photos: np.ndarray):
+    """Two folders of same-named files and, per name, the arrays the files must read as."""
+    d0, d1 = tmp_path / "ref", tmp_path / "test"
+    d0.mkdir()
+    d1.mkdir()
+    expect = {}
+    p = photos
+    for k, kind in enumerate(["blur", "jpeg", "noise"]):
+        name = f"photo{k}.png"
+        save(p[k], d0 / name)
+        save(distort(p[k], kind, seed=k), d1 / name)
+        expect[name] = (u8(p[k]), u8(distort(p[k], kind, seed=k)))
+    # RGBA, LA, palette with transparency: alpha ignored, so equal to the RGB reference.
+    alpha = np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)
+    save(p[3], d0 / "rgba.png")
+    save(np.dstack([p[4], alpha]), d1 / "rgba.png")
+    expect["rgba.png"] = (u8(p[3]), u8(p[4]))
+    gray = p[5][..., 1]
+    save(np.repeat(gray[..., None], 3, -1), d0 / "gray.png")
+    save(gray, d1 / "gray.png")  # mode L, same pixels: distance 0
+    expect["gray.png"] = (u8(np.repeat(gray[..., None], 3, -1)),) * 2
+    save(np.dstack([gray, alpha]), d1 / "la.png")
+    save(p[0], d0 / "la.png")
+    expect["la.png"] = (u8(p[0]), u8(np.repeat(gray[..., None], 3, -1)))
+    pal = Image.fromarray(p[1]).quantize(32)
+    pal_rgb = np.asarray(pal.convert("RGB"))
+    save(p[1], d0 / "pal.png")
+    pal.save(d1 / "pal.png", transparency=0)
+    expect["pal.png"] = (u8(p[1]), u8(pal_rgb))
+    # 16-bit grayscale and 16-bit RGB.
+    rng = np.random.default_rng(0)
+    g16 = (gray.astype(np.uint16) * 257 + rng.integers(0, 257, gray.shape)).astype(np.uint16)
+    save(p[2], d0 / "g16.png")
+    save(g16, d1 / "g16.png")
+    expect["g16.png"] = (u8(p[2]), np.repeat(g16[..., None], 3, -1).astype(np.float32) / 65535)
+    c16 = (p[3].astype(np.uint16) * 257 + rng.integers(0, 257, p[3].shape)).astype(np.uint16)
+    save(p[4], d0 / "c16.png")
+    _png16(d1 / "c16.png", c16)
+    expect["c16.png"] = (u8(p[4]), c16.astype(np.float32) / 65535)
+    # JPEG, BMP, WebP (lossless), under the same name in both folders.
+    save(p[0], d0 / "x.jpg", quality=95)
+    save(p[5], d1 / "x.jpg", quality=95)
+    with Image.open(d0 / "x.jpg") as a, Image.open(d1 / "x.jpg") as b:
+        expect["x.jpg"] = (u8(np.asarray(a.convert("RGB"))), u8(np.asarray(b.convert("RGB"))))
+    save(p[1], d0 / "x.bmp")
+    save(p[2], d1 / "x.bmp")
+    expect["x.bmp"] = (u8(p[1]), u8(p[2]))
+    save(p[2], d0 / "x.webp", lossless=True)
+    save(p[3], d1 / "x.webp", lossless=True)
+    expect["x.webp"] = (u8(p[2]), u8(p[3]))
+    # EXIF orientation: stored turned, tagged "rotate 90 CW"; 64x48, so without the
+    # orientation the sizes would differ.
+    wide = p[4][:48]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(wide, d0 / "exif.png")
+    save(np.ascontiguousarray(np.rot90(wide, 1)), d1 / "exif.png", exif=exif)
+    expect["exif.png"] = (u8(wide), u8(wide))
+    # Trouble: an unreadable file, names in one folder only, a file that is not an image.
+    save(p[0], d0 / "bad.png")
+    (d1 / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    save(p[0], d0 / "lonely.png")
+    save(p[1], d1 / "extra.png")
+    (d0 / "notes.txt").write_text("not an image")
+    return d0, d1, expect
+
+
+def test_dirs_all_modes(tmp_path, photos, alex_params):
+    d0, d1, expect = _mode_folders(tmp_path, photos)
+    out = tmp_path / "out.csv"
+    r = run("dirs", d0, d1, "-o", out, "--batch-size", 4, "--progress")
+    assert r.returncode == 1, r.stderr  # bad.png failed
+    rows = read_csv(out)
+    assert rows[0] == ["name", "distance"]
+    names = [n for n, _ in rows[1:]]
+    assert names == sorted(expect)
+    got = np.array([float(v) for _, v in rows[1:]])
+    want = ref_distances(alex_params, [expect[n] for n in names])
+    np.testing.assert_allclose(got, want, **TOL)
+    assert got[names.index("gray.png")] < 1e-9 and got[names.index("exif.png")] < 1e-9
+    # stdout: no CSV with -o, the mean on the last line.
+    assert float(last_line(r.stdout)) == pytest.approx(got.mean(), abs=1e-6)
+    err = r.stderr
+    assert f"only in {d0}: lonely.png" in err and f"only in {d1}: extra.png" in err
+    assert "bad.png" in err and "cannot read image" in err
+    assert err.count("alpha channel") == 1  # rgba, la, pal: noted once
+    assert "3 images" in err
+    assert "skipped 1 file(s) that are not images" in err  # notes.txt
+    assert f"{len(names)} pairs compared, 1 failed, 2 only in one folder" in err
+    assert "100%" in err  # the progress bar
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_dirs_stdout_csv_and_no_keep_going(tmp_path, photos):
+    d0, d1 = tmp_path / "a", tmp_path / "b"
+    d0.mkdir()
+    d1.mkdir()
+    for k in range(3):
+        save(photos[k], d0 / f"{k}.png")
+        save(photos[k + 1], d1 / f"{k}.png")
+    r = run("dirs", d0, d1)  # without -o: the CSV on stdout, then the mean
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "name,distance" and [ln.split(",")[0] for ln in lines[1:4]] == [
+        "0.png",
+        "1.png",
+        "2.png",
+    ]
+    vals = [float(ln.split(",")[1]) for ln in lines[1:4]]
+    assert float(lines[4]) == pytest.approx(np.mean(vals), abs=1e-6)
+    (d1 / "1.png").write_bytes(b"broken")
+    out = tmp_path / "out.csv"
+    r = run("dirs", d0, d1, "-o", out, "--no-keep-going")
+    assert r.returncode == 1
+    assert "1.png" in r.stderr and "nothing written" in r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+# ---------------------------------------------------------------------------------------
+# allpairs
+
+
+def _pair_values(path) -> dict:
+    return {(a, b): float(v) for a, b, v in read_csv(path)[1:]}
+
+
+def test_allpairs(tmp_path, photos, alex_params):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for k in range(5):
+        save(photos[k], d / f"p{k}.png")
+    out = tmp_path / "pairs.csv"
+    r = run("allpairs", d, "-o", out)
+    assert r.returncode == 0, r.stderr
+    rows = read_csv(out)
+    assert rows[0] == ["a", "b", "distance"]
+    keys = [(a, b) for a, b, _ in rows[1:]]
+    assert keys == [(f"p{i}.png", f"p{j}.png") for i in range(5) for j in range(i + 1, 5)]
+    got = np.array([float(v) for _, _, v in rows[1:]])
+    want = ref_distances(
+        alex_params, [(u8(photos[int(a[1])]), u8(photos[int(b[1])])) for a, b in keys]
+    )
+    np.testing.assert_allclose(got, want, **TOL)
+    lines = r.stdout.strip().splitlines()
+    se = got.std() / np.sqrt(got.size)
+    assert lines[-2] == f"Avg: {got.mean():.5f} +/- {se:.5f}"  # as lpips_1dir_allpairs.py
+    assert float(lines[-1]) == pytest.approx(got.mean(), abs=1e-6)
+
+    # Blocks (a tiny feature budget), another size and an unreadable file.
+    save(photos[5][:48], d / "odd.png")
+    (d / "q_bad.png").write_bytes(b"nope")
+    out2 = tmp_path / "pairs2.csv"
+    r = run("allpairs", d, "-o", out2, "--max-feature-mb", 0.3, "--batch-size", 2)
+    assert r.returncode == 1
+    assert "blocks" in r.stderr
+    assert "q_bad.png: cannot read image" in r.stderr
+    assert "odd.png, p0.png: sizes differ: 64x48 and 64x64" in r.stderr
+    assert "10 pairs compared, 11 failed (of 21)" in r.stderr
+    v1, v2 = _pair_values(out), _pair_values(out2)
+    assert v2.keys() == v1.keys()
+    np.testing.assert_allclose([v2[k] for k in v1], [v1[k] for k in v1], **TOL)
+
+
+def test_allpairs_features_equal_distance(alex_params, photos):
+    """The cached-features path (features + distance_from_features) equals distance."""
+    x = u8(photos[:3])
+    y = u8(photos[3:6])
+    fx = cli._features_jit(alex_params, x)
+    fy = cli._features_jit(alex_params, y)
+    got = np.asarray(cli._cross_jit(alex_params, fx, fy))
+    want = ref_distances(alex_params, [(x[i], y[j]) for i in range(3) for j in range(3)])
+    np.testing.assert_allclose(got.reshape(-1), want, **TOL)
+
+
+def test_allpairs_consecutive_and_usage(tmp_path, photos, capsys):
+    d = tmp_path / "c"
+    d.mkdir()
+    for k in range(3):
+        save(photos[k], d / f"{k}.png")
+    assert cli.main(["allpairs", str(d), "--consecutive"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [ln.rsplit(",", 1)[0] for ln in out[1:3]] == ["0.png,1.png", "1.png,2.png"]
+    assert cli.main(["allpairs", str(d), "--resize", "a"]) == 2
+    assert "--resize WxH" in capsys.readouterr().err
+    one = tmp_path / "one"
+    one.mkdir()
+    save(photos[0], one / "x.png")
+    assert cli.main(["allpairs", str(one)]) == 2
+    assert "need at least 2" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# map
+
+
+def test_map_heatmap_png_and_npy(tmp_path, photos, alex_params):
+    a = save(photos[0], tmp_path / "a.png")
+    b = save(distort(photos[0], "blur"), tmp_path / "b.png")
+    png, npy = tmp_path / "m.png", tmp_path / "m.npy"
+    r = run("map", a, b, "-o", png, "--npy", npy)
+    assert r.returncode == 0, r.stderr
+    m = np.load(npy)
+    assert m.shape == (64, 64) and m.dtype == np.float32
+    want = lpips_jax.distance_map(
+        alex_params, u8(photos[0]), u8(distort(photos[0], "blur")), normalize=True
+    )
+    np.testing.assert_allclose(m, np.asarray(want), **TOL)
+    assert float(last_line(r.stdout)) == pytest.approx(float(m.mean()), abs=1e-6)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.mode == "RGB"
+        text = dict(im.text)
+        px = np.asarray(im).astype(int)
+    lw = int(text["lpips:legend_width"])
+    assert lw > 0 and px.shape == (64, 64 + lw, 3)  # the map at the inputs' size + legend
+    vmax = float(text["lpips:vmax"])
+    assert vmax == pytest.approx(float(m.max()), rel=1e-6) and float(text["lpips:vmin"]) == 0
+    assert text["lpips:net"] == "alex"
+    # The map region is the colour map of the raw map.
+    np.testing.assert_allclose(px[:, :64], _heatmap.colormap(m / vmax), atol=1)
+    # The colour bar runs from the top colour (vmax) down to the bottom colour (0).
+    lay = _heatmap.legend_layout(64, vmax)
+    xbar = 64 + lay["margin"] + lay["bar_width"] // 2
+    np.testing.assert_allclose(px[lay["top"], xbar], _heatmap.colormap(1.0), atol=2)
+    np.testing.assert_allclose(px[lay["bottom"], xbar], _heatmap.colormap(0.0), atol=2)
+    # Tick labels: dark ink right of the bar, at the top, middle and bottom.
+    xtext = 64 + lay["margin"] + lay["bar_width"] + lay["tick"] + 2
+    ink = px[:, xtext:].sum(-1) < 200
+    for y in (lay["top"], (lay["top"] + lay["bottom"]) // 2, lay["bottom"]):
+        assert ink[max(0, y - 4) : y + 5].any(), y
+    assert lay["labels"] == [_heatmap.format_value(vmax), _heatmap.format_value(vmax / 2), "0"]
+
+
+def test_map_overlay_zoom_and_options(tmp_path, photos, capsys):
+    a = save(photos[1], tmp_path / "a.png")
+    b = save(distort(photos[1], "noise"), tmp_path / "b.png")
+    npy, png = tmp_path / "m.npy", tmp_path / "o.png"
+    args = ["map", str(a), str(b), "--npy", str(npy), "-o", str(png)]
+    assert cli.main([*args, "--overlay", "--no-legend", "--vmax", "2", "--alpha", "0.5"]) == 0
+    m = np.load(npy)
+    with Image.open(png) as im:
+        assert im.size == (64, 64)  # exactly the inputs' size without the legend
+        px = np.asarray(im).astype(float)
+    want = 0.5 * _heatmap.colormap(m / 2) + 0.5 * photos[1]
+    np.testing.assert_allclose(px, want, atol=1.01)
+    assert cli.main([*args, "--zoom", "3"]) == 0
+    with Image.open(png) as im:
+        assert im.size[1] == 192 and im.size[0] > 192
+        assert im.text["lpips:map_width"] == "192"
+    capsys.readouterr()
+    assert cli.main(["map", str(a), str(b)]) == 2
+    assert "-o MAP.png" in capsys.readouterr().err
+
+
+def test_colormap_is_perceptually_ordered():
+    v = np.linspace(0, 1, 33)  # steps of about 2.8 L*, well above uint8 rounding
+    c = _heatmap.colormap(v).astype(float) / 255
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    y = lin @ np.array([0.2126, 0.7152, 0.0722])
+    lightness = 116 * np.cbrt(y) - 16
+    assert np.all(np.diff(lightness) > 0)  # monotonic: reads right in grayscale
+    assert lightness[-1] - lightness[0] > 80
+    ends = _heatmap.colormap(np.array([0.0, 1.0, np.nan, 2.0]))
+    lo, hi = _heatmap.CONTROL_COLOURS[0][1], _heatmap.CONTROL_COLOURS[-1][1]
+    np.testing.assert_array_equal(ends, [lo, hi, lo, hi])
+
+
+# ---------------------------------------------------------------------------------------
+# dist: sizes, resizing, errors, exit codes.
+
+
+def test_dist_size_mismatch_and_resize(tmp_path, photos, alex_params, capsys):
+    a = save(photos[0], tmp_path / "a.png")
+    b = save(photos[1][:48], tmp_path / "b.png")
+    r = run("dist", a, b)
+    assert r.returncode == 1
+    assert "a.png is 64x64 but" in r.stderr and "b.png is 64x48" in r.stderr
+    assert "--resize" in r.stderr and r.stdout == ""
+    r = run("dist", a, b, "--resize", "a")
+    assert r.returncode == 0, r.stderr
+    xa, xb = u8(photos[0]), u8(photos[1][:48])
+    cases = {
+        "a": (xa, lio.resize_image(xb, (64, 64))),
+        "b": (lio.resize_image(xa, (64, 48)), xb),
+        "40x36": (lio.resize_image(xa, (40, 36)), lio.resize_image(xb, (40, 36))),
+    }
+    got = {"a": float(last_line(r.stdout))}
+    for mode in ("b", "40x36"):
+        assert cli.main(["dist", str(a), str(b), "--resize", mode]) == 0
+        got[mode] = float(last_line(capsys.readouterr().out))
+    for mode, pair in cases.items():
+        np.testing.assert_allclose(got[mode], ref_distances(alex_params, [pair])[0], **TOL)
+
+
+def test_dist_input_errors(tmp_path, photos, capsys):
+    good = save(photos[0], tmp_path / "good.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff truncated")
+    r = run("dist", good, bad)
+    assert r.returncode == 1
+    assert f"{bad}: cannot read image" in r.stderr and r.stdout == ""
+    assert cli.main(["dist", str(good), str(tmp_path / "missing.png")]) == 1
+    assert "missing.png: no such file" in capsys.readouterr().err
+    small = save(photos[0][:20, :20], tmp_path / "s1.png")
+    small2 = save(photos[1][:20, :20], tmp_path / "s2.png")
+    assert cli.main(["dist", str(small), str(small2)]) == 1
+    err = capsys.readouterr().err
+    assert "s1.png is 20x20" in err and "at least 31x31" in err
+    # vgg accepts 20x20 (its minimum is 16).
+    assert cli.main(["dist", "--net", "vgg", str(small), str(small2)]) == 0
+    rgba = save(np.dstack([photos[0], np.full((64, 64), 7, np.uint8)]), tmp_path / "t.png")
+    assert cli.main(["dist", str(rgba), str(good)]) == 0
+    out, err = capsys.readouterr()
+    assert float(last_line(out)) < 1e-9  # alpha ignored: the same RGB
+    assert err.count("alpha channel") == 1
+
+
+def test_usage_errors_exit_2(tmp_path, photos, capsys):
+    r = run("dirs", tmp_path / "nope", tmp_path)
+    assert r.returncode == 2 and "nope" in r.stderr and "does not exist" in r.stderr
+    a = str(save(photos[0], tmp_path / "a.png"))
+    cases = [
+        (["dist", a, a, "--resize", "big"], "expected a (resize B to A's size)"),
+        ([], "give a command"),
+        (["dist", a, a, "--net", "resnet"], "invalid choice: 'resnet'"),
+        (["dist", a, a, "--version", "0.2"], "invalid choice: '0.2'"),
+        (["dirs", str(tmp_path), str(tmp_path), "--batch-size", "0"], "positive integer"),
+        (["dirs", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "x" / "o.csv")],
+         "does not exist"),
+        (["map", a, a, "-o", str(tmp_path)], "is a folder"),
+        (["dist", a, a, "--weights", str(tmp_path / "w.safetensors")], "cannot load weights"),
+        (["frobnicate"], "invalid choice"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+# ---------------------------------------------------------------------------------------
+# convert, and the hook for other commands.
+
+
+def test_convert_forwards(tmp_path, capsys):
+    assert cli.main(["convert", "--help"]) == 0
+    assert "--trunk" in capsys.readouterr().out
+    lpips = pytest.importorskip("lpips")
+    heads = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
+    out = tmp_path / "h.safetensors"
+    assert cli.main(["convert", "--net", "alex", "--heads", str(heads), "--out", str(out)]) == 0
+    assert out.is_file()
+    assert cli.main(["convert", "--net", "alex"]) != 0  # convert's own error
+
+
+def test_convert_missing_torch_or_package(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert cli.main(["convert", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "PyTorch is not installed" in err and "pip install torch torchvision" in err
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "convert", None)
+    assert cli.main(["convert", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "convert/ is not importable" in err and "pip install -e '.[convert]'" in err
+
+
+def test_other_commands_register_through_hook(monkeypatch, capsys):
+    def register(sub):
+        p = sub.add_parser("hello", help="say hello")
+        p.add_argument("--code", type=int, default=3)
+        p.set_defaults(func=lambda args: args.code)
+
+    fake = types.ModuleType("lpips_jax._bapps_cli")
+    fake.register = register
+    monkeypatch.setitem(sys.modules, "lpips_jax._bapps_cli", fake)
+    monkeypatch.setattr(lpips_jax, "_bapps_cli", fake, raising=False)
+    assert cli.main(["hello"]) == 3
+    assert cli.main(["hello", "--code", "0"]) == 0
+    assert cli.main(["--help"]) == 0
+    assert "hello" in capsys.readouterr().out
+
+
+def test_fmt_round_trips_float32():
+    for v in [0.5690484, 1.2e-5, 0.0, 0.42166436]:
+        assert np.float32(float(cli.fmt(v))) == np.float32(v)
+    assert cli.fmt(float("nan")) == "nan"
+    buf = io.StringIO()
+    print(cli.fmt(np.float32(0.1)), file=buf)
+    assert buf.getvalue() == "0.1\n"
