@@ -8,6 +8,7 @@ with ``normalize=True``). ``distance`` returns ``(N,)`` or ``()`` float32.
 """
 
 from lpips_jax._checks import NETS, VERSIONS
+from lpips_jax._evaluate import dssim, evaluate, l2, score_2afc, score_jnd, ssim, voc_ap
 from lpips_jax._metric import (
     LPIPS,
     LPIPSParams,
@@ -20,6 +21,7 @@ from lpips_jax._metric import (
     to_params,
 )
 from lpips_jax._nets import Trunk, min_size, tap_channels
+from lpips_jax._train import TrainResult, export_heads_torch_format, train
 from lpips_jax._weights import WeightsError, load, save
 from lpips_jax.io import ImageError, ImageInfo, read_image
 
@@ -32,18 +34,28 @@ __all__ = [
     "LPIPSParams",
     "NETS",
     "VERSIONS",
+    "TrainResult",
     "Trunk",
     "WeightsError",
     "distance",
     "distance_from_features",
     "distance_map",
+    "dssim",
+    "evaluate",
+    "export_heads_torch_format",
     "features",
+    "l2",
     "layer_distances",
     "load",
     "min_size",
     "normalize_channels",
     "read_image",
     "save",
+    "score_2afc",
+    "score_jnd",
+    "ssim",
     "tap_channels",
     "to_params",
+    "train",
+    "voc_ap",
 ]

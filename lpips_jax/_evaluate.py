@@ -1,0 +1,532 @@
+"""Scoring perceptual metrics on BAPPS: 2AFC agreement and JND average precision.
+
+A metric is any callable ``metric(x, y) -> (N,)`` distances for ``x, y`` NHWC float images
+``(N, H, W, 3)`` in ``[-1, 1]``; :class:`~lpips_jax.LPIPSParams` (LPIPS), :func:`l2` and
+:func:`dssim` (the paper's baselines) are built in. Scores follow the official
+``score_2afc_dataset`` / ``score_jnd_dataset`` of ``lpips`` 0.1.4:
+
+- 2AFC: ``mean((d0 < d1) * (1 - judge) + (d1 < d0) * judge + 0.5 * (d0 == d1))``.
+- JND: VOC average precision (not the 2007 11-point variant) of ``same`` ranked by
+  ascending distance.
+
+Images are read from the tensorflow-datasets builder ``bapps`` (see
+:mod:`lpips_jax.bapps`), converted exactly as the official loader (``ToTensor`` then
+``Normalize(0.5, 0.5)``), and scored in fixed-size jitted batches (the last one padded).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lpips_jax import _metric
+from lpips_jax._metric import LPIPSParams
+
+Metric = Callable[[jax.Array, jax.Array], jax.Array]
+
+TASKS = ("2afc", "jnd")
+
+# skimage.color.rgb2lab (sRGB, D65, 2-degree observer).
+_XYZ_FROM_RGB = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+_D65 = (0.95047, 1.0, 1.08883)
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def score_2afc(d0: Any, d1: Any, judge: Any) -> float:
+    """2AFC agreement with human judgments, as the official ``score_2afc_dataset``.
+
+    Args:
+      d0, d1: ``(N,)`` distances from the reference to ``p0`` and to ``p1``.
+      judge: ``(N,)`` fraction of raters who found ``p1`` closer (in ``[0, 1]``).
+
+    Returns:
+      ``mean((d0 < d1) * (1 - judge) + (d1 < d0) * judge + 0.5 * (d0 == d1))`` in ``[0, 1]``.
+    """
+    d0, d1, gt = (np.asarray(a, np.float64).reshape(-1) for a in (d0, d1, judge))
+    if not (d0.shape == d1.shape == gt.shape):
+        raise ValueError(
+            f"d0, d1 and judge must have the same length: got {d0.shape}, {d1.shape}, {gt.shape}"
+        )
+    if d0.size == 0:
+        raise ValueError("score_2afc needs at least one triplet: got empty arrays")
+    scores = (d0 < d1) * (1.0 - gt) + (d1 < d0) * gt + 0.5 * (d0 == d1)
+    return float(np.mean(scores))
+
+
+def voc_ap(rec: Any, prec: Any) -> float:
+    """Area under the precision-recall curve, VOC style (not the 2007 11-point variant).
+
+    Recall is padded with 0 and 1, precision with 0 and 0; precision is made
+    non-increasing from the right; the area sums ``Δrecall * precision`` where recall changes.
+
+    Args:
+      rec, prec: ``(K,)`` recall (non-decreasing) and precision at each cut-off.
+    """
+    rec = np.concatenate(([0.0], np.asarray(rec, np.float64).reshape(-1), [1.0]))
+    prec = np.concatenate(([0.0], np.asarray(prec, np.float64).reshape(-1), [0.0]))
+    if rec.shape != prec.shape:
+        raise ValueError(
+            f"rec and prec must have the same length: got {rec.size - 2} and {prec.size - 2}"
+        )
+    envelope = np.maximum.accumulate(prec[::-1])[::-1]
+    changed = np.flatnonzero(rec[1:] != rec[:-1])
+    return float(np.sum((rec[changed + 1] - rec[changed]) * envelope[changed + 1]))
+
+
+def score_jnd(d: Any, same: Any) -> float:
+    """JND score, as the official ``score_jnd_dataset``: VOC AP of ``same`` by ascending ``d``.
+
+    Args:
+      d: ``(N,)`` distances between the two patches of each pair.
+      same: ``(N,)`` fraction of raters who found the pair identical (in ``[0, 1]``).
+
+    Ties in ``d`` keep their input order (stable sort).
+    """
+    d = np.asarray(d, np.float64).reshape(-1)
+    same = np.asarray(same, np.float64).reshape(-1)
+    if d.shape != same.shape:
+        raise ValueError(f"d and same must have the same length: got {d.shape} and {same.shape}")
+    if d.size == 0:
+        raise ValueError("score_jnd needs at least one pair: got empty arrays")
+    if not np.sum(same) > 0:
+        raise ValueError("score_jnd needs some pair with same > 0: recall is undefined otherwise")
+    order = np.argsort(d, kind="stable")
+    s = same[order]
+    tp = np.cumsum(s)
+    fp = np.cumsum(1.0 - s)
+    prec = tp / (tp + fp)
+    rec = tp / np.sum(s)
+    return voc_ap(rec, prec)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def _to_255(x: jax.Array) -> jax.Array:
+    return (jnp.asarray(x, jnp.float32) + 1.0) * 127.5
+
+
+def rgb_to_lab(rgb255: jax.Array) -> jax.Array:
+    """sRGB in ``[0, 255]`` to CIE Lab (D65, 2°), as ``skimage.color.rgb2lab``: ``(..., 3)``."""
+    c = jnp.clip(rgb255 / 255.0, 0.0, 1.0)
+    lin = jnp.where(c > 0.04045, ((jnp.maximum(c, 0.04045) + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = jnp.einsum("...c,kc->...k", lin, jnp.asarray(_XYZ_FROM_RGB, jnp.float32))
+    t = xyz / jnp.asarray(_D65, jnp.float32)
+    f = jnp.where(t > 0.008856, jnp.cbrt(jnp.maximum(t, 0.008856)), 7.787 * t + 16.0 / 116.0)
+    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+    return jnp.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
+
+
+def _check_pair(x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    if x.shape != y.shape or x.ndim not in (3, 4) or x.shape[-1] != 3:
+        raise ValueError(
+            f"x and y have shapes {x.shape} and {y.shape}: expected equal (N, H, W, 3) or (H, W, 3)"
+        )
+    if not (jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)):
+        raise TypeError(f"x and y have dtypes {x.dtype} and {y.dtype}: expected float in [-1, 1]")
+    return x, y
+
+
+def _check_colorspace(colorspace: str) -> None:
+    if colorspace not in ("Lab", "RGB"):
+        raise ValueError(f"colorspace={colorspace!r} is not known: expected 'Lab' or 'RGB'")
+
+
+def l2(x: Any, y: Any, *, colorspace: str = "Lab") -> jax.Array:
+    """The paper's L2 baseline, as the official ``lpips.L2``.
+
+    ``Lab``: ``0.5 * mean((lab(x) / 100 - lab(y) / 100) ** 2)``; ``RGB``:
+    ``mean((x - y) ** 2)`` on the ``[-1, 1]`` values.
+
+    Args:
+      x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``.
+
+    Returns:
+      ``(N,)`` or ``()`` float32.
+    """
+    _check_colorspace(colorspace)
+    x, y = _check_pair(x, y)
+    if colorspace == "RGB":
+        return jnp.mean((x.astype(jnp.float32) - y.astype(jnp.float32)) ** 2, axis=(-3, -2, -1))
+    lx, ly = rgb_to_lab(_to_255(x)), rgb_to_lab(_to_255(y))
+    return 0.5 * jnp.mean((lx / 100.0 - ly / 100.0) ** 2, axis=(-3, -2, -1))
+
+
+def _box_mean(a: jax.Array, win: int) -> jax.Array:
+    """Mean over every ``win x win`` window fully inside ``a``: ``(N, H, W, C)`` -> valid."""
+    s = jax.lax.reduce_window(a, 0.0, jax.lax.add, (1, win, win, 1), (1, 1, 1, 1), "VALID")
+    return s / (win * win)
+
+
+def ssim(
+    x: Any,
+    y: Any,
+    *,
+    colorspace: str = "Lab",
+    win_size: int = 7,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> jax.Array:
+    """SSIM index as ``skimage.metrics.structural_similarity`` with its defaults.
+
+    Uniform ``win_size`` window, sample covariance, mean over the windows that lie fully
+    inside the image and over channels; ``data_range`` is 100 in ``Lab`` and 255 in ``RGB``
+    (the official ``lpips.DSSIM`` settings).
+
+    Args:
+      x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``.
+
+    Returns:
+      ``(N,)`` or ``()`` float32 similarity (1 for identical images).
+    """
+    _check_colorspace(colorspace)
+    x, y = _check_pair(x, y)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x, y = x[None], y[None]
+    if min(x.shape[1:3]) < win_size:
+        raise ValueError(f"images of size {x.shape[1:3]} are smaller than win_size={win_size}")
+    a, b = _to_255(x), _to_255(y)
+    if colorspace == "Lab":
+        a, b, data_range = rgb_to_lab(a), rgb_to_lab(b), 100.0
+    else:
+        data_range = 255.0
+    # Centre by one constant per image and channel: (co)variances are unchanged and less
+    # cancellation-prone in float32; the means get the constant back.
+    c = 0.5 * (jnp.mean(a, axis=(1, 2), keepdims=True) + jnp.mean(b, axis=(1, 2), keepdims=True))
+    a0, b0 = a - c, b - c
+    ma, mb = _box_mean(a0, win_size), _box_mean(b0, win_size)
+    n = win_size * win_size
+    cov = n / (n - 1.0)
+    va = cov * (_box_mean(a0 * a0, win_size) - ma * ma)
+    vb = cov * (_box_mean(b0 * b0, win_size) - mb * mb)
+    vab = cov * (_box_mean(a0 * b0, win_size) - ma * mb)
+    ua, ub = ma + c, mb + c
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+    out = jnp.mean(s, axis=(1, 2, 3))
+    return out[0] if unbatched else out
+
+
+def dssim(x: Any, y: Any, *, colorspace: str = "Lab") -> jax.Array:
+    """The paper's SSIM baseline as a distance, ``(1 - ssim) / 2`` (official ``lpips.DSSIM``).
+
+    Returns:
+      ``(N,)`` or ``()`` float32.
+    """
+    return (1.0 - ssim(x, y, colorspace=colorspace)) / 2.0
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def to_unit_official(u8: Any) -> jax.Array:
+    """uint8 ``[0, 255]`` to float32 ``[-1, 1]`` as the official loader: ``(u / 255 - .5) / .5``."""
+    t = jnp.asarray(u8).astype(jnp.float32) / 255.0
+    return (t - 0.5) / 0.5
+
+
+@functools.partial(jax.jit, static_argnames=("pair",))
+def _lpips_batch(params: LPIPSParams, images: tuple[jax.Array, ...], pair: bool) -> tuple:
+    # `pair`: JND (p0, p1) -> (d,); otherwise 2AFC (ref, p0, p1) -> (d0, d1). All images go
+    # through the trunk as one batch (one trunk in the compiled program); the reference's
+    # features are computed once.
+    n = images[0].shape[0]
+    taps = _metric.features(params, to_unit_official(jnp.concatenate(images)))
+    f = [tuple(t[i * n : (i + 1) * n] for t in taps) for i in range(len(images))]
+    if pair:
+        return (_metric.distance_from_features(params, f[0], f[1]),)
+    return (
+        _metric.distance_from_features(params, f[0], f[1]),
+        _metric.distance_from_features(params, f[0], f[2]),
+    )
+
+
+def _callable_batch(metric: Metric, jit: bool) -> Callable:
+    def run(images: tuple, pair: bool) -> tuple:
+        x = [to_unit_official(a) for a in images]
+        if pair:
+            return (metric(x[0], x[1]),)
+        return (metric(x[0], x[1]), metric(x[0], x[2]))
+
+    return jax.jit(run, static_argnames=("pair",)) if jit else run
+
+
+def _batcher(metric: Any, jit: bool) -> Callable:
+    if isinstance(metric, LPIPSParams):
+        return lambda images, pair: _lpips_batch(metric, images, pair)
+    if not callable(metric):
+        raise TypeError(
+            f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable "
+            "(x, y) -> (N,) distances, or one of 'lpips', 'baseline', 'l2', 'ssim'"
+        )
+    return _callable_batch(metric, jit)
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[0] == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
+
+
+def batched_distances(
+    metric: Any,
+    images: Sequence[np.ndarray],
+    *,
+    batch_size: int = 50,
+    jit: bool = True,
+) -> tuple[np.ndarray, ...]:
+    """Distances over arrays in fixed-size batches (the last padded; one trace).
+
+    Args:
+      metric: :class:`LPIPSParams` or a callable ``(x, y) -> (N,)``.
+      images: ``(ref, p0, p1)`` (2AFC: returns ``(d0, d1)``) or ``(p0, p1)`` (JND: returns
+        ``(d,)``), each ``(N, H, W, 3)`` uint8.
+    """
+    return _distances(_batcher(metric, jit), _ArraySource(images), batch_size, None)[0]
+
+
+class _ArraySource:
+    def __init__(self, images: Sequence[np.ndarray]):
+        if len(images) not in (2, 3):
+            raise ValueError(f"expected (ref, p0, p1) or (p0, p1): got {len(images)} arrays")
+        images = [np.asarray(a) for a in images]
+        shapes = {a.shape for a in images}
+        if len(shapes) != 1 or images[0].ndim != 4 or images[0].shape[-1] != 3:
+            raise ValueError(
+                f"images have shapes {[a.shape for a in images]}: expected equal (N, H, W, 3)"
+            )
+        for a in images:
+            if a.dtype != np.uint8:
+                raise TypeError(f"images have dtype {a.dtype}: expected uint8 in [0, 255]")
+        self.images = images
+
+    def __len__(self) -> int:
+        return self.images[0].shape[0]
+
+    def batch(self, lo: int, hi: int) -> tuple[tuple[np.ndarray, ...], None]:
+        return tuple(a[lo:hi] for a in self.images), None
+
+
+class _TfdsSource:
+    def __init__(self, source: Any, parts: tuple[str, ...], label: str):
+        self.source, self.parts, self.label = source, parts, label
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def batch(self, lo: int, hi: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        recs = list(self.source.__getitems__(list(range(lo, hi))))
+        images = tuple(np.stack([r[p] for r in recs]) for p in self.parts)
+        return images, np.asarray([r[self.label] for r in recs], np.float64)
+
+
+def _distances(run: Callable, source: Any, batch_size: int, bar: Any) -> tuple[tuple, Any]:
+    """``((d0, d1) or (d,), labels or None)`` over ``source`` in padded fixed-size batches."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
+    n = len(source)
+    outs: list[list[np.ndarray]] = []
+    labels: list[np.ndarray] = []
+    for lo in range(0, n, batch_size):
+        hi = min(lo + batch_size, n)
+        imgs, lab = source.batch(lo, hi)
+        if lab is not None:
+            labels.append(lab)
+        pair = len(imgs) == 2
+        padded = tuple(_pad(a, batch_size) for a in imgs)
+        res = run(padded, pair)
+        if not outs:
+            outs = [[] for _ in res]
+        for acc, r in zip(outs, res, strict=False):
+            r = np.asarray(r, np.float64).reshape(-1)
+            if r.shape[0] != batch_size:
+                raise ValueError(
+                    f"the metric returned shape {np.shape(r)} for a batch of {batch_size}: "
+                    f"expected ({batch_size},) distances"
+                )
+            acc.append(r[: hi - lo])
+        if bar is not None:
+            bar.update(hi - lo)
+    return tuple(np.concatenate(a) for a in outs), (np.concatenate(labels) if labels else None)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def resolve_metric(metric: Any, *, net: str = "alex", version: str = "0.1") -> tuple[Any, str]:
+    """A metric spec to ``(metric, name)``: LPIPSParams, callable, or a name.
+
+    Names: ``"lpips"`` (``load(net, version)``), ``"baseline"`` (``lpips=False``),
+    ``"l2"``, ``"ssim"`` (Lab; ``"l2-rgb"``, ``"ssim-rgb"`` for RGB).
+    """
+    from lpips_jax._weights import load
+
+    if isinstance(metric, LPIPSParams):
+        return metric, "lpips" if metric.lpips else "baseline"
+    if isinstance(metric, str):
+        named = {
+            "l2": functools.partial(l2, colorspace="Lab"),
+            "l2-rgb": functools.partial(l2, colorspace="RGB"),
+            "ssim": functools.partial(dssim, colorspace="Lab"),
+            "ssim-rgb": functools.partial(dssim, colorspace="RGB"),
+        }
+        if metric == "lpips":
+            return load(net, version), "lpips"
+        if metric == "baseline":
+            return load(net, version, lpips=False), "baseline"
+        if metric in named:
+            return named[metric], metric
+        raise ValueError(
+            f"metric={metric!r} is not known: expected 'lpips', 'baseline', "
+            f"{', '.join(map(repr, named))}, LPIPSParams or a callable"
+        )
+    if callable(metric):
+        return metric, getattr(metric, "__name__", type(metric).__name__)
+    raise TypeError(
+        f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable or a name"
+    )
+
+
+def _subsets(config: str, split: str, subsets: Iterable[str] | None, prepared: tuple[str, ...]):
+    from lpips_jax.bapps import _layout
+
+    if split not in _layout.SUBSETS[config]:
+        raise ValueError(
+            f"BAPPS {config} has no split {split!r}: "
+            f"expected one of {tuple(_layout.SUBSETS[config])}"
+        )
+    if subsets is None:
+        return [s for s in _layout.SUBSETS[config][split] if f"{split}_{s}" in prepared]
+    subsets = list(subsets)
+    for s in subsets:
+        _layout.check_subset(config, split, s)
+    return subsets
+
+
+def evaluate(
+    metric: Any = "lpips",
+    data: str | os.PathLike | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    tasks: Sequence[str] = TASKS,
+    split: str = "val",
+    subsets: dict[str, Sequence[str]] | Sequence[str] | None = None,
+    batch_size: int = 50,
+    net: str = "alex",
+    version: str = "0.1",
+    jit: bool = True,
+    progress: bool = False,
+    return_distances: bool = False,
+) -> dict:
+    """Score a metric on BAPPS: 2AFC per subset and JND per subset, with their means.
+
+    Args:
+      metric: :class:`LPIPSParams`, a callable ``(x, y) -> (N,)`` (NHWC float in
+        ``[-1, 1]``, jittable unless ``jit=False``), or a name: ``"lpips"``, ``"baseline"``,
+        ``"l2"``, ``"ssim"``, ``"l2-rgb"``, ``"ssim-rgb"`` (``net``/``version`` choose LPIPS).
+      data: the BAPPS manual directory (tarballs or official folder); it is prepared into
+        ``data_dir`` first (a no-op when done). ``None``: use what ``data_dir`` holds.
+      data_dir: tensorflow-datasets data directory (default: tfds' own).
+      tasks: ``"2afc"`` and/or ``"jnd"``.
+      split: ``"val"`` (the paper's table) or ``"train"`` (2AFC only).
+      subsets: which subsets (default: all prepared ones); a list, or a dict per task.
+      batch_size: triplets per jitted batch.
+      progress: show a progress bar per subset.
+      return_distances: also return ``"distances"``: per task and subset, the arrays
+        ``d0, d1, judge`` (2AFC) or ``d, same`` (JND).
+
+    Returns:
+      ``{"2afc": {subset: score, ..., "mean": m}, "jnd": {...}, "metric": name,
+      "net": net or None, "version": version or None}``; ``"mean"`` is the plain mean
+      over the scored subsets.
+    """
+    from lpips_jax import bapps
+    from lpips_jax.bapps import _layout
+
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"task {t!r} is not known: expected one of {TASKS}")
+    metric, name = resolve_metric(metric, net=net, version=version)
+    run = _batcher(metric, jit)
+    if data is not None:
+        bapps.prepare(data, configs=tuple(tasks), data_dir=data_dir)
+
+    result: dict[str, Any] = {}
+    dists: dict[str, Any] = {}
+    for task in tasks:
+        prepared = bapps.prepared_splits(task, data_dir=data_dir)
+        wanted = subsets.get(task) if isinstance(subsets, dict) else subsets
+        if task == "jnd" and split != "val" and wanted is None:
+            continue
+        names = _subsets(task, "val" if task == "jnd" else split, wanted, prepared)
+        if not names:
+            raise _layout.BappsDataError(
+                f"no prepared BAPPS {task} {split} subsets in data_dir={data_dir!r} "
+                f"(prepared: {prepared}); pass data=<BAPPS folder> to prepare them"
+            )
+        scores, per = {}, {}
+        for subset in names:
+            sname = _layout.split_name("val" if task == "jnd" else split, subset)
+            src = _TfdsSource(
+                bapps.load(task, sname, data_dir=data_dir),
+                _layout.IMAGE_PARTS[task],
+                _layout.LABEL[task],
+            )
+            bar = _bar(progress, len(src), f"{name} {task} {sname}")
+            try:
+                d, label = _distances(run, src, batch_size, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            if task == "2afc":
+                scores[subset] = score_2afc(d[0], d[1], label)
+                per[subset] = {"d0": d[0], "d1": d[1], "judge": label}
+            else:
+                scores[subset] = score_jnd(d[0], label)
+                per[subset] = {"d": d[0], "same": label}
+        scores["mean"] = float(np.mean([scores[s] for s in names]))
+        result[task] = scores
+        dists[task] = per
+    result["metric"] = name
+    is_lpips = isinstance(metric, LPIPSParams)
+    result["net"] = metric.net if is_lpips else None
+    result["version"] = metric.version if is_lpips and metric.lpips else None
+    if return_distances:
+        result["distances"] = dists
+    return result
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex", leave=False)
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table of :func:`evaluate`'s scores (percent, as the paper)."""
+    lines = []
+    for task in TASKS:
+        if task not in result:
+            continue
+        row = "  ".join(f"{k} {100 * v:.2f}" for k, v in result[task].items())
+        lines.append(f"{task:5s} {row}")
+    head = f"{result.get('metric')}"
+    if result.get("net"):
+        head += f" [{result['net']}" + (f" v{result['version']}]" if result.get("version") else "]")
+    return "\n".join([head, *lines])
