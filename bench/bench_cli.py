@@ -1,0 +1,199 @@
+"""Folder throughput of ``lpips-jax dirs`` against ``lpips_jax.distance`` on arrays in memory.
+
+    python bench/bench_cli.py [--n 1000] [--size 256] [--batch-size 16] [--net alex]
+
+Writes ``n`` pairs of ``size x size`` PNGs (crops of scikit-image's sample photographs,
+each with a distortion: JPEG, blur or noise; smoothed noise when scikit-image is absent)
+into a temporary folder, then times, on the same machine and batch size:
+
+- in memory: one ``jax.jit`` of ``distance(params, x, y, normalize=True)`` over the
+  same images, already decoded and on the device, in batches of ``--batch-size`` (the last
+  one padded like the CLI pads it), compile excluded;
+- the CLI: ``lpips_jax.cli.main(["dirs", DIR0, DIR1, "-o", CSV, ...])`` in-process, after a
+  warm-up run on ``--batch-size`` pairs that compiles the same shape (so compile is
+  excluded here too; it is reported separately), decoding the PNGs on worker threads.
+
+Prints both figures in pairs/s, their ratio (the target is >= 0.70) and the largest
+difference between the CSV and the in-memory distances. ``--subprocess`` also times the
+installed ``lpips-jax`` end to end (start-up, weights, compile, decode, compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+from PIL import Image, ImageFilter
+
+import lpips_jax
+from lpips_jax import cli
+from lpips_jax import io as lio
+
+
+def _sources(size: int) -> list[np.ndarray]:
+    try:
+        from skimage import data
+    except ImportError:
+        return []
+    out = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry"):
+        img = np.asarray(getattr(data, name)())[..., :3]
+        h, w = img.shape[:2]
+        if min(h, w) < size:
+            s = size / min(h, w)
+            img = np.asarray(Image.fromarray(img).resize((int(w * s) + 1, int(h * s) + 1)))
+        out.append(img.astype(np.uint8))
+    return out
+
+
+def _smooth_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    small = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img.filter(ImageFilter.GaussianBlur(2)))
+
+
+def _pair(k: int, size: int, sources: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(k)
+    if sources:
+        src = sources[k % len(sources)]
+        y0 = rng.integers(0, src.shape[0] - size + 1)
+        x0 = rng.integers(0, src.shape[1] - size + 1)
+        a = np.ascontiguousarray(src[y0 : y0 + size, x0 : x0 + size])
+    else:
+        a = _smooth_noise(rng, size)
+    kind = k % 3
+    im = Image.fromarray(a)
+    if kind == 0:
+        b = np.asarray(im.filter(ImageFilter.GaussianBlur(1.5)))
+    elif kind == 1:
+        b = np.clip(a + rng.normal(0, 20, a.shape), 0, 255).astype(np.uint8)
+    else:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=15)
+        b = np.asarray(Image.open(buf).convert("RGB"))
+    return a, b
+
+
+def make_folders(root: str, n: int, size: int, start: int = 0) -> tuple[str, str]:
+    """``root/a`` and ``root/b`` with ``n`` same-named PNG pairs."""
+    d0, d1 = os.path.join(root, "a"), os.path.join(root, "b")
+    os.makedirs(d0, exist_ok=True)
+    os.makedirs(d1, exist_ok=True)
+    sources = _sources(size)
+
+    def write(k: int) -> None:
+        a, b = _pair(start + k, size, sources)
+        name = f"{k:05d}.png"
+        Image.fromarray(a).save(os.path.join(d0, name))
+        Image.fromarray(b).save(os.path.join(d1, name))
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        list(pool.map(write, range(n)))
+    return d0, d1
+
+
+def in_memory(params, d0: str, d1: str, batch: int) -> tuple[float, np.ndarray, float]:
+    """``(pairs/s, distances, compile seconds)`` of jit(distance) on device-resident batches."""
+    names = sorted(os.listdir(d0))
+    x = np.stack([lio.read_image(os.path.join(d0, f)) for f in names])
+    y = np.stack([lio.read_image(os.path.join(d1, f)) for f in names])
+    n = len(names)
+    pad = (-n) % batch
+    if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, 0)])
+        y = np.concatenate([y, np.repeat(y[-1:], pad, 0)])
+    xs = [jax.device_put(x[i : i + batch]) for i in range(0, len(x), batch)]
+    ys = [jax.device_put(y[i : i + batch]) for i in range(0, len(y), batch)]
+    del x, y
+    f = jax.jit(lambda p, a, b: lpips_jax.distance(p, a, b, normalize=True))
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(params, xs[0], ys[0]))
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outs = [f(params, a, b) for a, b in zip(xs, ys, strict=True)]
+    d = np.concatenate([np.asarray(o) for o in outs])[:n]
+    return n / (time.perf_counter() - t0), d, compile_s
+
+
+def run_cli(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the CLI prints the mean
+        code = cli.main(argv)
+    if code != 0:
+        raise SystemExit(f"lpips-jax {' '.join(argv)} exited with {code}")
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="pairs (default 1000)")
+    ap.add_argument("--size", type=int, default=256, help="image side (default 256)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--net", default="alex")
+    ap.add_argument("--workers", type=int, default=None, help="CLI decoding threads")
+    ap.add_argument("--dir", help="keep the images here instead of a temporary folder")
+    ap.add_argument("--subprocess", action="store_true", help="also time the installed script")
+    args = ap.parse_args()
+
+    root = args.dir or tempfile.mkdtemp(prefix="lpips_bench_")
+    try:
+        t0 = time.perf_counter()
+        d0, d1 = make_folders(root, args.n, args.size)
+        warm0, warm1 = make_folders(os.path.join(root, "warm"), args.batch_size, args.size, 10**6)
+        print(
+            f"wrote {args.n} pairs of {args.size}x{args.size} PNGs "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
+        params = lpips_jax.load(args.net)
+        print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+              f"{os.cpu_count()} CPUs, net {args.net}, batch {args.batch_size}")  # fmt: skip
+
+        mem_rate, mem_d, mem_compile = in_memory(params, d0, d1, args.batch_size)
+
+        common = ["--net", args.net, "--batch-size", str(args.batch_size), "--no-progress"]
+        if args.workers:
+            common += ["--workers", str(args.workers)]
+        out = os.path.join(root, "out.csv")
+        warm_s = run_cli(["dirs", warm0, warm1, "-o", out, *common])
+        cli_s = run_cli(["dirs", d0, d1, "-o", out, *common])
+        cli_rate = args.n / cli_s
+        with open(out, newline="") as f:
+            got = np.array([float(r[1]) for r in list(csv.reader(f))[1:]])
+        diff = float(np.max(np.abs(got - mem_d)))
+
+        print(f"in-memory distance: {mem_rate:8.2f} pairs/s  (compile {mem_compile:.1f} s)")
+        print(
+            f"lpips-jax dirs:     {cli_rate:8.2f} pairs/s  "
+            f"(warm-up run with compile {warm_s:.1f} s)"
+        )
+        ratio = cli_rate / mem_rate
+        verdict = "ok" if ratio >= 0.70 else "BELOW the 0.70 target"
+        print(f"ratio CLI / in-memory: {ratio:.3f} ({verdict}); max |CSV - in-memory| = {diff:.2e}")
+        if args.subprocess:
+            exe = shutil.which("lpips-jax", path=os.path.dirname(sys.executable)) or "lpips-jax"
+            t0 = time.perf_counter()
+            subprocess.run([exe, "dirs", d0, d1, "-o", out, *common], check=True)
+            total = time.perf_counter() - t0
+            print(
+                f"lpips-jax dirs, new process end to end: {total:.1f} s "
+                f"= {args.n / total:.2f} pairs/s"
+            )
+    finally:
+        if not args.dir:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
