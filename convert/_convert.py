@@ -7,12 +7,12 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 
 from lpips_jax import _checks, _metric
-from lpips_jax._weights import FORMAT, compare, expected_shapes, write_flat
+from lpips_jax._weights import FORMAT, expected_shapes, write_flat
 
 
 class ConversionError(ValueError):
@@ -23,8 +23,9 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """A PyTorch state dict file as ``name -> float32 numpy``.
 
     Loads on the CPU (lpips' head files are legacy pickles tagged cuda:0) with
-    ``weights_only=True``, so no arbitrary code runs. A full ``nn.Module`` pickle or a
-    dict holding a ``state_dict`` entry is accepted too.
+    ``weights_only=True``, so no arbitrary code runs. A dict holding a ``state_dict``
+    entry is accepted too; a whole pickled ``nn.Module`` is refused (save its
+    ``state_dict()`` instead).
     """
     import torch
 
@@ -33,7 +34,10 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from e
+        raise ConversionError(
+            f"{path}: cannot be read as a PyTorch state dict with torch.load(weights_only=True)"
+            f" ({_torch_reason(e)}); expected a file written by torch.save(model.state_dict())"
+        ) from e
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -42,8 +46,25 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     for k, v in obj.items():
         if not hasattr(v, "detach"):
             raise ConversionError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k] = v.detach().cpu().to(torch.float64 if v.dtype == torch.float64 else torch.float32).numpy()
+        out[k] = (
+            v.detach()
+            .cpu()
+            .to(torch.float64 if v.dtype == torch.float64 else torch.float32)
+            .numpy()
+        )
     return out
+
+
+def _torch_reason(e: Exception) -> str:
+    """The short reason inside torch's long weights_only message (which suggests
+    ``weights_only=False``: not advice to pass on for files of unknown origin)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\n\s*\n|$)", text, re.S)
+    reason = m.group(1) if m else text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    reason = " ".join(reason.split())
+    if "Unsupported global" in reason:
+        reason += " (a pickled object, not a plain state dict)"
+    return reason
 
 
 def _to_hwio(w: np.ndarray) -> np.ndarray:
@@ -51,65 +72,101 @@ def _to_hwio(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))).astype(np.float32)
 
 
-_FEATURE = re.compile(r"^features\.(\d+)\.(?:(squeeze|expand1x1|expand3x3)\.)?(weight|bias)$")
-_HEAD = re.compile(r"^lin(\d+)\.model\.1\.weight$")
+def _torch_name(name: str) -> str:
+    """Our ``trunk/features_3/kernel`` -> torchvision ``features.3.weight``; our
+    ``heads/lin2/kernel`` -> lpips ``lin2.model.1.weight``."""
+    part, *rest = name.split("/")
+    if part == "heads":
+        return f"{rest[0]}.model.1.weight"
+    layer, *sub, kind = rest
+    return ".".join(
+        ["features", layer.split("_")[1], *sub, "weight" if kind == "kernel" else "bias"]
+    )
 
 
-def _check(found: dict[str, np.ndarray], net: str, part: str, source: str, unmapped: list[str]):
-    problems = compare({k: tuple(v.shape) for k, v in found.items()}, expected_shapes(net, part))
-    problems += [f" + {k} (not a {part} parameter of {net!r})" for k in unmapped]
+def _torch_layout(net: str, part: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Checkpoint name -> (our name, shape in PyTorch's OIHW layout) of the expected params."""
+    out = {}
+    for name, shape in expected_shapes(net, part).items():
+        if name.endswith("/kernel"):
+            h, w, i, o = shape
+            shape = (o, i, h, w)
+        out[_torch_name(name)] = (name, tuple(shape))
+    return out
+
+
+def _natural(key: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _convert_part(
+    sd: Mapping[str, np.ndarray],
+    net: str,
+    part: str,
+    source: str,
+    display: Mapping[str, str] | None = None,
+) -> dict:
+    """Compare ``sd`` (checkpoint names, OIHW) with the expected params of ``net``'s
+    ``part``, in the checkpoint's own names and shapes, then rename and transpose.
+
+    ``display`` maps a name in ``sd`` to the name to report (the key in the user's file).
+    """
+    _checks.check_net(net)
+    expected = _torch_layout(net, part)
+    display = display or {}
+    shown = lambda k: display.get(k, k)
+    problems = [f" - {shown(k)} {expected[k][1]}" for k in expected if k not in sd]
+    problems += [f" + {shown(k)} {tuple(np.shape(sd[k]))}" for k in sd if k not in expected]
+    problems += [
+        f" ! {shown(k)}: got shape {tuple(np.shape(sd[k]))}, expected {expected[k][1]}"
+        for k in sd
+        if k in expected and tuple(np.shape(sd[k])) != expected[k][1]
+    ]
     if problems:
+        problems.sort(key=lambda line: _natural(line[3:]))
         raise ConversionError(
             f"{source} does not match the {net!r} {part}: "
             "missing (-), unexpected (+), wrong shape (!):\n" + "\n".join(problems)
         )
-
-
-def convert_trunk(sd: Mapping[str, np.ndarray], net: str, source: str = "trunk") -> dict:
-    """torchvision ``features.{i}[.sub].{weight,bias}`` -> ``trunk/features_{i}[/sub]/{kernel,bias}``.
-
-    ``classifier.*`` keys are ignored; any other key is reported as unexpected.
-    """
-    _checks.check_net(net)
-    out, unmapped = {}, []
+    out = {}
     for k, v in sd.items():
-        if k.startswith("classifier."):
-            continue
-        m = _FEATURE.match(k)
-        if not m:
-            unmapped.append(k)
-            continue
-        idx, sub, kind = m.groups()
-        name = f"trunk/features_{idx}" + (f"/{sub}" if sub else "")
-        if kind == "weight":
-            if np.ndim(v) != 4:
-                unmapped.append(f"{k} {tuple(np.shape(v))} (expected a 4-d conv weight)")
-                continue
-            out[f"{name}/kernel"] = _to_hwio(v)
-        else:
-            out[f"{name}/bias"] = np.asarray(v, np.float32)
-    _check(out, net, "trunk", source, unmapped)
+        name = expected[k][0]
+        out[name] = _to_hwio(v) if name.endswith("/kernel") else np.asarray(v, np.float32)
     return out
 
 
+def convert_trunk(
+    sd: Mapping[str, np.ndarray],
+    net: str,
+    source: str = "trunk",
+    display: Mapping[str, str] | None = None,
+) -> dict:
+    """torchvision ``features.{i}[.sub].{weight,bias}`` -> ours ``trunk/features_{i}[/sub]/...``.
+
+    Weights become ``kernel`` (OIHW -> HWIO), biases stay ``bias``.
+
+    ``classifier.*`` keys are ignored; any other key is reported as unexpected, and
+    missing keys and wrong shapes are reported in the checkpoint's names and layout.
+    """
+    sd = {k: v for k, v in sd.items() if not k.startswith("classifier.")}
+    return _convert_part(sd, net, "trunk", source, display)
+
+
 def convert_heads(sd: Mapping[str, np.ndarray], net: str, source: str = "heads") -> dict:
-    """lpips ``lin{k}.model.1.weight`` ``(1, C, 1, 1)`` -> ``heads/lin{k}/kernel`` ``(1, 1, C, 1)``."""
-    _checks.check_net(net)
-    out, unmapped = {}, []
-    for k, v in sd.items():
-        m = _HEAD.match(k)
-        if not m or np.ndim(v) != 4:
-            unmapped.append(k if m is None else f"{k} {tuple(np.shape(v))}")
-            continue
-        out[f"heads/lin{m.group(1)}/kernel"] = _to_hwio(v)
-    _check(out, net, "heads", source, unmapped)
-    neg = [k for k, v in out.items() if np.any(v < 0)]
+    """lpips ``lin{k}.model.1.weight`` ``(1, C, 1, 1)`` -> ``heads/lin{k}/kernel`` ``(1, 1, C, 1)``.
+
+    Heads must be >= 0, as the official ones are.
+    """
+    out = _convert_part(sd, net, "heads", source)
+    neg = [_torch_name(k) for k, v in out.items() if np.any(v < 0)]
     if neg:
         raise ConversionError(f"{source}: negative head weights in {neg}: LPIPS heads are >= 0")
     return out
 
 
-_SLICE = re.compile(r"^net\.slice\d+\.(\d+)\.(.*)$")
+_SLICE = re.compile(r"^net\.slice(\d+)\.(\d+)\.(.*)$")
+# lpips.LPIPS keeps each head twice: as attribute lin{k} and in the ModuleList lins.{k}.
+_LINS = re.compile(r"^lins\.(\d+)\.(model\.1\.weight)$")
 
 
 def convert_lpips_state_dict(
@@ -117,14 +174,19 @@ def convert_lpips_state_dict(
 ) -> tuple[dict, dict]:
     """A whole ``lpips.LPIPS().state_dict()`` -> ``(trunk, heads)`` flat dicts.
 
-    ``net.slice{s}.{i}.*`` is torchvision's ``features.{i}.*``; ``scaling_layer`` buffers
-    are checked against the known constants and dropped.
+    ``net.slice{s}.{i}.*`` is torchvision's ``features.{i}.*``; ``lins.{k}.*`` is the
+    same tensor as ``lin{k}.*`` (lpips registers each head twice) and must equal it;
+    ``scaling_layer`` buffers are checked against the known constants and dropped.
     """
-    trunk_sd, head_sd, other = {}, {}, []
+    trunk_sd, head_sd, alias, other, display = {}, {}, {}, [], {}
     for k, v in sd.items():
         m = _SLICE.match(k)
         if m:
-            trunk_sd[f"features.{m.group(1)}.{m.group(2)}"] = v
+            name = f"features.{m.group(2)}.{m.group(3)}"
+            trunk_sd[name] = v
+            display[name] = k
+        elif (m := _LINS.match(k)) is not None:
+            alias[f"lin{m.group(1)}.{m.group(2)}"] = (k, v)
         elif k.startswith("lin"):
             head_sd[k] = v
         elif k == "scaling_layer.shift":
@@ -135,9 +197,21 @@ def convert_lpips_state_dict(
                 other.append(f"{k} = {np.ravel(v).tolist()} (expected {_metric.SCALE})")
         else:
             other.append(k)
+    for name, (k, v) in alias.items():
+        if name not in head_sd:
+            head_sd[name] = v
+        elif np.shape(head_sd[name]) != np.shape(v) or not np.array_equal(head_sd[name], v):
+            other.append(f"{k} (differs from {name}, which should be the same tensor)")
     if other:
-        raise ConversionError(f"{source}: unexpected entries:\n" + "\n".join(f" + {k}" for k in other))
-    trunk = convert_trunk(trunk_sd, net, source)
+        raise ConversionError(
+            f"{source}: unexpected entries:\n" + "\n".join(f" + {k}" for k in other)
+        )
+    missing = {
+        name: f"net.slice*.{name.split('.', 1)[1]}"
+        for name in _torch_layout(net, "trunk")
+        if name not in trunk_sd
+    }
+    trunk = convert_trunk(trunk_sd, net, source, {**display, **missing})
     heads = convert_heads(head_sd, net, source) if head_sd else {}
     return trunk, heads
 
@@ -166,25 +240,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m convert``: 0 on success; 1, with the reason on stderr and nothing
+    written at ``--out`` (an existing file there is left as it was), on failure."""
     args = build_parser().parse_args(argv)
     try:
         if args.lpips_state_dict:
             if args.trunk or args.heads:
-                raise ConversionError("--lpips-state-dict replaces --trunk and --heads: give one or the other")
+                raise ConversionError(
+                    "--lpips-state-dict replaces --trunk and --heads: give one or the other"
+                )
             trunk, heads = convert_lpips_state_dict(
                 read_state_dict(args.lpips_state_dict), args.net, args.lpips_state_dict
             )
             heads_src = args.lpips_state_dict
         else:
             if not args.trunk and not args.heads:
-                raise ConversionError("give --trunk (and optionally --heads), or --lpips-state-dict")
-            trunk = convert_trunk(read_state_dict(args.trunk), args.net, args.trunk) if args.trunk else {}
-            heads = convert_heads(read_state_dict(args.heads), args.net, args.heads) if args.heads else {}
+                raise ConversionError(
+                    "give --trunk (and optionally --heads), or --lpips-state-dict"
+                )
+            trunk = heads = {}
+            if args.trunk:
+                trunk = convert_trunk(read_state_dict(args.trunk), args.net, args.trunk)
+            if args.heads:
+                heads = convert_heads(read_state_dict(args.heads), args.net, args.heads)
             heads_src = args.heads
         meta = {"format": FORMAT, "net": args.net}
         if heads:
             meta["version"] = args.version or _version_from_path(heads_src or "") or "0.1"
-        write_flat({**trunk, **heads}, meta, args.out)
+        try:
+            write_flat({**trunk, **heads}, meta, args.out)
+        except (OSError, SafetensorError) as e:
+            raise ConversionError(f"cannot write {args.out}: {e}") from e
     except (ConversionError, FileNotFoundError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
