@@ -219,6 +219,12 @@ def load(
         if net is not None and net != file_net:
             raise WeightsError(f"{where} holds net {file_net!r}, but net={net!r} was asked for")
         net = file_net
+        stray = sorted(k for k in flat if not k.startswith(("trunk/", "heads/")))
+        if stray:
+            raise WeightsError(
+                f"{where}: unexpected tensors, neither trunk/... nor heads/...:\n"
+                + "\n".join(f" + {k}" for k in stray)
+            )
         has_heads = any(k.startswith("heads/") for k in flat)
         if not any(k.startswith("trunk/") for k in flat):
             raise WeightsError(f"{where}: holds no trunk params (trunk/...)")
