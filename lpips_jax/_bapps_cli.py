@@ -51,7 +51,10 @@ def _add_eval(subparsers) -> None:
     _common(p)
     p.add_argument("--metric", default="lpips", choices=METRICS, help="default: lpips")
     p.add_argument("--weights", metavar="FILE", help="params file (e.g. from `train --out`)")
-    p.add_argument("--tasks", nargs="+", default=["2afc", "jnd"], choices=["2afc", "jnd"])
+    p.add_argument(
+        "--tasks", nargs="+", choices=["2afc", "jnd"],
+        help="default: every task with data (JND only for --split val)",
+    )  # fmt: skip
     p.add_argument("--split", default="val", choices=["val", "train"], help="default: val")
     p.add_argument("--subsets", nargs="+", help="subset names (default: all prepared)")
     p.add_argument("--json", metavar="OUT", help="write the scores as JSON")
@@ -106,7 +109,7 @@ def run_eval(args: argparse.Namespace) -> int:
             metric,
             args.data,
             data_dir=args.tfds_dir,
-            tasks=tuple(args.tasks),
+            tasks=None if args.tasks is None else tuple(args.tasks),
             split=args.split,
             subsets=args.subsets,
             batch_size=args.batch_size,

@@ -422,7 +422,7 @@ def evaluate(
     data: str | os.PathLike | None = None,
     *,
     data_dir: str | os.PathLike | None = None,
-    tasks: Sequence[str] = TASKS,
+    tasks: Sequence[str] | None = None,
     split: str = "val",
     subsets: dict[str, Sequence[str]] | Sequence[str] | None = None,
     batch_size: int = 50,
@@ -441,7 +441,8 @@ def evaluate(
       data: the BAPPS manual directory (tarballs or official folder); it is prepared into
         ``data_dir`` first (a no-op when done). ``None``: use what ``data_dir`` holds.
       data_dir: tensorflow-datasets data directory (default: tfds' own).
-      tasks: ``"2afc"`` and/or ``"jnd"``.
+      tasks: ``"2afc"`` and/or ``"jnd"`` (an error if one is not there); default: those
+        with data (JND only for ``split="val"``: it has no train split).
       split: ``"val"`` (the paper's table) or ``"train"`` (2AFC only).
       subsets: which subsets (default: all prepared ones); a list, or a dict per task.
       batch_size: triplets per jitted batch.
@@ -457,22 +458,50 @@ def evaluate(
     from lpips_jax import bapps
     from lpips_jax.bapps import _layout
 
+    explicit = tasks is not None
+    tasks = tuple(TASKS if tasks is None else tasks)
     for t in tasks:
         if t not in TASKS:
             raise ValueError(f"task {t!r} is not known: expected one of {TASKS}")
+    if split not in ("val", "train"):
+        raise ValueError(f"split={split!r} is not known: expected 'val' or 'train'")
+    if split == "train":
+        if explicit and "jnd" in tasks:
+            raise ValueError("JND has no train split: use split='val' or tasks=('2afc',)")
+        tasks = tuple(t for t in tasks if t != "jnd")
     metric, name = resolve_metric(metric, net=net, version=version)
     run = _batcher(metric, jit)
     if data is not None:
-        bapps.prepare(data, configs=tuple(tasks), data_dir=data_dir)
+        found = bapps.available(data)
+        configs = tasks if explicit else tuple(t for t in tasks if t in found)
+        bapps.prepare(data, configs=configs or tasks, data_dir=data_dir)
 
+    if subsets is not None and not isinstance(subsets, dict) and not explicit:
+        # One list for all tasks: each task takes the names it has.
+        subsets = list(subsets)
+        have = {t: _layout.SUBSETS[t].get(split, ()) for t in tasks}
+        unknown = [s for s in subsets if not any(s in h for h in have.values())]
+        if unknown:
+            raise ValueError(
+                f"BAPPS {split} has no subset {unknown[0]!r}: expected one of "
+                + ", ".join(f"{t} {h}" for t, h in have.items())
+            )
+        subsets = {t: [s for s in subsets if s in h] for t, h in have.items()}
     result: dict[str, Any] = {}
     dists: dict[str, Any] = {}
+    todo = []
     for task in tasks:
         prepared = bapps.prepared_splits(task, data_dir=data_dir)
         wanted = subsets.get(task) if isinstance(subsets, dict) else subsets
-        if task == "jnd" and split != "val" and wanted is None:
-            continue
-        names = _subsets(task, "val" if task == "jnd" else split, wanted, prepared)
+        names = _subsets(task, split, wanted, prepared)
+        if names or (explicit and wanted is None):
+            todo.append((task, names, prepared))
+    if not todo:
+        raise _layout.BappsDataError(
+            f"no prepared BAPPS data in data_dir={data_dir!r}: pass data=<BAPPS folder> "
+            f"(lpips-jax eval --data DIR) to prepare it\n\n{_layout.INSTRUCTIONS}"
+        )
+    for task, names, prepared in todo:
         if not names:
             raise _layout.BappsDataError(
                 f"no prepared BAPPS {task} {split} subsets in data_dir={data_dir!r} "
@@ -480,7 +509,7 @@ def evaluate(
             )
         scores, per = {}, {}
         for subset in names:
-            sname = _layout.split_name("val" if task == "jnd" else split, subset)
+            sname = _layout.split_name(split, subset)
             src = _TfdsSource(
                 bapps.load(task, sname, data_dir=data_dir),
                 _layout.IMAGE_PARTS[task],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -183,12 +184,18 @@ def test_builder_reads_official_tarballs(mini, prepared, tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     # As the official tarballs: twoafc_val.tar.gz starts at val/, jnd.tar.gz at jnd/.
-    _tar(manual / "twoafc_val.tar.gz", {"val": root / "2afc" / "val"})
     _tar(manual / "jnd.tar.gz", {"jnd": root / "jnd"})
-    assert bapps.available(manual) == ("2afc", "jnd")
+    _tar(manual / "twoafc_val.tar.gz", {"val/cnn": root / "2afc" / "val" / "cnn"})
     data_dir = tmp_path / "tfds"
     bapps.prepare(manual, data_dir=data_dir)
-    assert bapps.prepared_splits("2afc", data_dir=data_dir) == ("val_traditional", "val_cnn")
+    assert bapps.prepared_splits("2afc", data_dir=data_dir) == ("val_cnn",)
+    # Preparing again is a no-op; a new part (train/) in the folder is picked up.
+    bapps.prepare(manual, data_dir=data_dir, configs=("2afc",))
+    assert bapps.prepared_splits("2afc", data_dir=data_dir) == ("val_cnn",)
+    shutil.copytree(root / "2afc" / "train" / "cnn", manual / "2afc" / "train" / "cnn")
+    bapps.prepare(manual, data_dir=data_dir, configs=("2afc",))
+    assert bapps.prepared_splits("2afc", data_dir=data_dir) == ("train_cnn", "val_cnn")
+    assert bapps.available(manual) == ("2afc", "jnd")
     for config, split in (("2afc", "val_cnn"), ("jnd", "val_traditional")):
         a = bapps.load(config, split, data_dir=data_dir)
         b = bapps.load(config, split, data_dir=prepared)
@@ -247,6 +254,10 @@ def test_patches_are_resized_as_the_official_loader(tmp_path):
     with Image.open(tmp_path / "big.png") as im:
         want = np.asarray(T.Resize(64)(im.convert("RGB")))
     np.testing.assert_array_equal(_layout.read_patch(tmp_path / "big.png"), want)
+    with Image.open(io.BytesIO(_layout.patch_png(tmp_path / "big.png"))) as im:
+        np.testing.assert_array_equal(np.asarray(im), want)
+    _save_png(tmp_path / "patch.png", want)  # an official patch is passed on as it is
+    assert _layout.patch_png(tmp_path / "patch.png") == (tmp_path / "patch.png").read_bytes()
     _save_png(tmp_path / "wide.png", photo_crops((64, 96), 1)[0])
     with pytest.raises(BappsDataError, match=r"shape \(64, 96, 3\).*square"):
         _layout.read_patch(tmp_path / "wide.png")
@@ -453,6 +464,10 @@ def test_evaluate_rejects_bad_options(prepared):
 
     with pytest.raises(ValueError, match="no subset 'blur'.*'traditional', 'cnn'"):
         lpips_jax.evaluate("l2", data_dir=prepared, tasks=("jnd",), subsets=["blur"])
+    with pytest.raises(ValueError, match=r"no subset 'blur': expected one of 2afc \("):
+        lpips_jax.evaluate("l2", data_dir=prepared, subsets=["cnn", "blur"])
+    with pytest.raises(ValueError, match="JND has no train split"):
+        lpips_jax.evaluate("l2", data_dir=prepared, tasks=("jnd",), split="train")
     with pytest.raises(ValueError, match="metric='psnr' is not known"):
         lpips_jax.evaluate("psnr", data_dir=prepared)
     with pytest.raises(ValueError, match="task 'ranking' is not known"):
@@ -633,6 +648,26 @@ def test_exported_heads_work_in_official_lpips(trained, tmp_path):
     np.testing.assert_allclose(ours, theirs2, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("net", ["alex", "squeeze"])
+def test_torch_format_names_match_the_official_state_dict(net):
+    import lpips
+
+    import lpips_jax
+    from lpips_jax._weights import expected_shapes, unflatten
+
+    parts = {p: expected_shapes(net, p) for p in ("trunk", "heads")}
+    tree = {p: unflatten({k.split("/", 1)[1]: np.zeros(v, np.float32) for k, v in shapes.items()})
+            for p, shapes in parts.items()}  # fmt: skip
+    params = lpips_jax.LPIPSParams(trunk=tree["trunk"], heads=tree["heads"], net=net)
+    got = lpips_jax.export_heads_torch_format(params, trunk=True)
+    m = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
+    # `lins.{k}` are aliases of `lin{k}` (a ModuleList of the same modules); the official
+    # head files hold `lin{k}` only.
+    skip = ("scaling_layer.", "lins.")
+    want = {k: tuple(v.shape) for k, v in m.state_dict().items() if not k.startswith(skip)}
+    assert {k: v.shape for k, v in got.items()} == want
+
+
 @pytest.mark.slow
 def test_scratch_mode_trains_the_trunk(mini):
     import lpips_jax
@@ -686,6 +721,20 @@ def test_cli_eval_writes_json(prepared, tmp_path):
         assert set(got[task]) == {"traditional", "cnn", "mean"}
         assert got[task] == pytest.approx(want[task])
     assert main(["eval", "--tfds-dir", str(tmp_path / "none"), "--no-progress"]) == 1
+
+
+def test_cli_eval_prepares_what_data_holds(mini, tmp_path):
+    from lpips_jax.cli import main
+
+    manual = tmp_path / "dataset"
+    shutil.copytree(mini[0] / "2afc" / "val" / "cnn", manual / "2afc" / "val" / "cnn")
+    out = tmp_path / "l2.json"
+    args = ["eval", "--data", str(manual), "--tfds-dir", str(tmp_path / "tfds"), "--metric", "l2"]
+    assert main([*args, "--batch-size", "8", "--json", str(out), "--no-progress"]) == 0
+    got = json.loads(out.read_text())
+    assert set(got["2afc"]) == {"cnn", "mean"} and "jnd" not in got
+    assert got["metric"] == "l2" and got["net"] is None
+    assert main([*args, "--tasks", "jnd", "--no-progress"]) == 1  # asked for, not there
 
 
 def test_cli_train_writes_params_and_says_how_to_export(trained, prepared, tmp_path, capsys):

@@ -96,22 +96,45 @@ def prepare(
       data_dir: where the prepared dataset goes (tfds ``data_dir``).
 
     Returns:
-      ``config -> builder``. Preparing again is a no-op.
+      ``config -> builder``. Preparing again is a no-op, unless ``manual_dir`` now holds
+      parts (subset folders or tarballs) that were not there before: then the config is
+      prepared again.
     """
     tfds = _tfds()
+    from lpips_jax.bapps import _layout
+
     manual = Path(manual_dir).expanduser()
     if configs is None:
         configs = available(manual)
         if not configs:
-            from lpips_jax.bapps._layout import describe
-
-            raise BappsDataError(f"no BAPPS data found: {describe(manual)}\n\n{INSTRUCTIONS}")
+            raise BappsDataError(
+                f"no BAPPS data found: {_layout.describe(manual)}\n\n{INSTRUCTIONS}"
+            )
     out = {}
     for config in configs:
         b = builder(config, data_dir=data_dir)
-        b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
-        out[config] = b
+        mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+        if b.is_prepared() and _has_new_parts(manual, config, tuple(b.info.splits.keys())):
+            mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+        b.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode)
+        )
+        out[config] = builder(config, data_dir=data_dir)
     return out
+
+
+def _has_new_parts(manual: Path, config: str, prepared: tuple[str, ...]) -> bool:
+    from lpips_jax.bapps import _layout
+
+    found = _layout.locate([manual, manual / "dataset"], config)
+    if set(found) - set(prepared):
+        return True
+    for name in _layout.tarballs(manual):
+        if _layout.TARBALLS[name] == config:
+            split = "train" if "train" in name else "val"
+            if not any(p.startswith(split + "_") for p in prepared):
+                return True
+    return False
 
 
 def prepared_splits(config: str, *, data_dir: str | os.PathLike | None = None) -> tuple[str, ...]:

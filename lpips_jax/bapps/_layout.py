@@ -231,10 +231,25 @@ def encode_png(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def patch_png(path: Path | str) -> bytes:
+    """PNG bytes of the patch :func:`read_patch` gives.
+
+    A file that already is a 64x64 8-bit RGB PNG (every official BAPPS patch) is passed on
+    as it is; anything else is decoded, converted and resized, then encoded.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        as_is = im.format == "PNG" and im.mode == "RGB" and im.size == (PATCH, PATCH)
+    if as_is:
+        return Path(path).read_bytes()
+    return encode_png(read_patch(path))
+
+
 def iter_examples(folder: Path, config: str) -> Iterator[tuple[str, dict]]:
     """``(key, example)`` with PNG bytes for images and float32 labels, in official order."""
     for ex in list_examples(folder, config):
-        out: dict = {part: encode_png(read_patch(ex[part])) for part in IMAGE_PARTS[config]}
+        out: dict = {part: patch_png(ex[part]) for part in IMAGE_PARTS[config]}
         out[LABEL[config]] = read_label(ex[LABEL[config]])
         key = str(ex[LABEL[config]].relative_to(folder / LABEL[config]).with_suffix(""))
         out["id"] = key
