@@ -1,0 +1,103 @@
+"""A non-editable install carries the shipped weights: ``load("alex")`` works offline.
+
+Builds a wheel of the working tree (hatchling, no build isolation, no dependency
+install), installs it with ``pip --target`` into a temporary folder and imports it from
+there in a fresh interpreter whose working directory is outside the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+import lpips_jax
+from lpips_jax._registry import SHIPPED
+
+pytestmark = pytest.mark.slow
+
+PROGRAM = r"""
+import json
+import numpy as np
+import lpips_jax
+from lpips_jax import _weights
+
+rng = np.random.default_rng(0)
+x = rng.uniform(-1, 1, (64, 64, 3)).astype(np.float32)
+y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
+p = lpips_jax.load("alex")
+print(json.dumps({
+    "file": lpips_jax.__file__,
+    "weights_dir": str(_weights.weights_dir()),
+    "d": float(lpips_jax.distance(p, x, y)),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(d), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (whl,) = d.glob("lpips_jax-*.whl")
+    return whl
+
+
+def test_wheel_contents(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        (ep,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        entry_points = z.read(ep).decode()
+        for name, sha in SHIPPED.items():
+            data = z.read(f"lpips_jax/weights/{name}")
+            assert hashlib.sha256(data).hexdigest() == sha, name
+    assert "lpips_jax/weights/README.md" in names
+    assert "lpips_jax/__init__.py" in names and "lpips_jax/cli.py" in names
+    shipped = {n.split("/")[-1] for n in names if n.startswith("lpips_jax/weights/")}
+    assert {n for n in shipped if n.endswith(".safetensors")} == set(SHIPPED)
+    assert "[console_scripts]" in entry_points
+    assert "lpips-jax = lpips_jax.cli:main" in entry_points
+
+
+def test_installed_wheel_loads_offline(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q"]
+        + ["--target", str(site), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LPIPS_JAX_WEIGHTS"}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run(
+        [sys.executable, "-c", PROGRAM],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["file"].startswith(str(site)) and "site" in out["file"]
+    assert out["weights_dir"] == str(site / "lpips_jax" / "weights")
+    # the same value as the repository's package computes (same weights, same code)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (64, 64, 3)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
+    ref = float(lpips_jax.distance(lpips_jax.load("alex"), x, y))
+    np.testing.assert_allclose(out["d"], ref, rtol=1e-6, atol=0)
+    assert 0.01 < out["d"] < 2
