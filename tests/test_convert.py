@@ -8,6 +8,7 @@ files inside the installed ``lpips==0.1.4`` wheel.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,7 +166,7 @@ def test_bad_state_dict_fails_naming_the_key(tv, tmp_path, capsys, case, existed
     assert rc == 1
     assert err.startswith(f"convert: error: {pth} does not match the 'alex' trunk: ")
     assert "missing (-), unexpected (+), wrong shape (!)" in err
-    assert __import__("re").search(msg, err), err
+    assert re.search(msg, err), err
     assert "classifier" not in err  # classifier keys are ignored, not reported
     if existed:
         assert out.read_bytes() == b"the previous file"
@@ -339,7 +340,7 @@ def test_unreadable_checkpoints(tv, tmp_path, capsys):
         rc = convert_main(["--net", "alex", "--trunk", str(tmp_path / name), "--out", str(out)])
         err = capsys.readouterr().err
         assert rc == 1, name
-        assert __import__("re").search(msg, err), err
+        assert re.search(msg, err), err
         assert "weights_only` set to `False`" not in err  # torch's unsafe advice is not passed on
     # a whole pickled module is refused (weights_only never runs pickled code)
     torch.save(torchvision.models.squeezenet1_1(weights=None), tmp_path / "module.pth")
