@@ -49,7 +49,11 @@ def check_images(x: Any, y: Any, net: str) -> None:
         if shape[-1] != 3:
             hint = ""
             if shape[-3] == 3:
-                hint = "; this looks like NCHW: move the channel axis last, e.g. x.transpose(0, 2, 3, 1)"
+                axes = "0, 2, 3, 1" if len(shape) == 4 else "1, 2, 0"
+                hint = (
+                    "; this looks like NCHW: move the channel axis last, "
+                    f"e.g. {name}.transpose({axes})"
+                )
             elif shape[-1] in (1, 4):
                 hint = "; convert grayscale or RGBA images to RGB first"
             raise ValueError(
