@@ -55,13 +55,24 @@ def test_rank(dist, alex_params, shape):
         dist(alex_params, x, x)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (3, 64, 64)])
+@pytest.mark.parametrize(
+    ("shape", "fix"), [((2, 3, 64, 64), "(0, 2, 3, 1)"), ((3, 64, 64), "(1, 2, 0)")]
+)
 @pytest.mark.parametrize("fn", list(FUNCS))
-def test_nchw_hint(alex_params, shape, fn):
+def test_nchw_hint(alex_params, shape, fn, fix):
     x = _img(shape)
+    y = _img(shape[:-3] + (64, 64, 3))
     for f in (FUNCS[fn], jax.jit(FUNCS[fn])):
         with pytest.raises(ValueError, match=r"expected \(\.\.\., H, W, 3\) NHWC.*looks like NCHW"):
             f(alex_params, x, x)
+        with pytest.raises(
+            ValueError, match=r"^x has shape .*e\.g\. x\.transpose" + re.escape(fix)
+        ):
+            f(alex_params, x, y)
+        with pytest.raises(
+            ValueError, match=r"^y has shape .*e\.g\. y\.transpose" + re.escape(fix)
+        ):
+            f(alex_params, y, x)
 
 
 def test_nchw_hint_features(alex_params):
