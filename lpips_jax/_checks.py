@@ -32,6 +32,12 @@ def check_version(version: Any) -> str:
     return version
 
 
+def check_lpips(lpips: Any) -> bool:
+    if not isinstance(lpips, bool):
+        raise TypeError(f"lpips={lpips!r}: expected True or False")
+    return lpips
+
+
 def _shape_dtype(name: str, a: Any) -> tuple[tuple[int, ...], Any]:
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):
         a = np.asarray(a)

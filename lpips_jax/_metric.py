@@ -58,6 +58,7 @@ def _validate_params(params: Any) -> LPIPSParams:
         )
     _checks.check_net(params.net)
     _checks.check_version(params.version)
+    _checks.check_lpips(params.lpips)
     if params.lpips and params.heads is None:
         raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
     return params

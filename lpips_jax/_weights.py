@@ -202,8 +202,7 @@ def load(
         _checks.check_net(net)
     if version is not None:
         _checks.check_version(version)
-    if not isinstance(lpips, bool):
-        raise TypeError(f"lpips={lpips!r}: expected True or False")
+    _checks.check_lpips(lpips)
 
     if path is not None:
         flat, meta = read_file(path)
