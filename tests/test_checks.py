@@ -199,6 +199,20 @@ def test_lpips_flag_not_bool(flag):
         lpips_jax.load("alex", lpips=flag)
 
 
+@pytest.mark.parametrize("flag", [1, "no"])
+def test_lpips_flag_not_bool_in_params(dist, alex_params, flag):
+    """A truthy non-bool must not silently pick the heads (or a falsy one drop them)."""
+    x = _img((32, 32, 3))
+    p = dataclasses.replace(alex_params, lpips=flag)
+    with pytest.raises(TypeError, match=rf"lpips={flag!r}: expected True or False"):
+        dist(p, x, x)
+    v = alex_params.variables()
+    with pytest.raises(TypeError, match=rf"lpips={flag!r}: expected True or False"):
+        lpips_jax.LPIPS(lpips=flag).apply(v, x, x)
+    with pytest.raises(TypeError, match=rf"lpips={flag!r}: expected True or False"):
+        dist(lpips_jax.to_params(v, net="alex", lpips=flag), x, x)
+
+
 def test_params_type(dist):
     x = _img((32, 32, 3))
     with pytest.raises(TypeError, match=r"params has type dict: expected LPIPSParams"):
