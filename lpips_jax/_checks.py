@@ -76,9 +76,7 @@ def check_images(x: Any, y: Any, net: str) -> None:
         if h < m or w < m:
             raise ValueError(
                 f"{name} has spatial size {h}x{w}: net {net!r} needs at least {m}x{m} "
-                f"(minimum sizes: "
-                + ", ".join(f"{n} {_nets.min_size(n)}" for n in NETS)
-                + ")"
+                f"(minimum sizes: " + ", ".join(f"{n} {_nets.min_size(n)}" for n in NETS) + ")"
             )
     xs, ys = _shape_dtype("x", x)[0], _shape_dtype("y", y)[0]
     if xs != ys:
