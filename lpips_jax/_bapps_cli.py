@@ -107,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
             metric = load(path=args.weights, lpips=args.metric != "baseline")
         result = evaluate(
             metric,
-            args.data,
+            data=args.data,
             data_dir=args.tfds_dir,
             tasks=None if args.tasks is None else tuple(args.tasks),
             split=args.split,
@@ -132,7 +132,7 @@ def run_train(args: argparse.Namespace) -> int:
     ckdir = args.checkpoint_dir or str(Path(args.out).with_suffix(".checkpoints"))
     try:
         result = train(
-            args.data,
+            data=args.data,
             net=args.net,
             mode=args.mode,
             version=args.version,

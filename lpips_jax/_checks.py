@@ -89,7 +89,7 @@ def check_range(name: str, a: Any, normalize: bool) -> None:
     Catches the common mistakes: 0..255 images, and [-1, 1] images passed with
     ``normalize=True``. A small overshoot (e.g. a decoder's output) is allowed.
     """
-    if isinstance(a, jax.core.Tracer):
+    if isinstance(a, jax.core.Tracer) or isinstance(normalize, jax.core.Tracer):
         return
     arr = np.asarray(a)
     if arr.size == 0:

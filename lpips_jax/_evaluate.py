@@ -418,9 +418,9 @@ def _subsets(config: str, split: str, subsets: Iterable[str] | None, prepared: t
 
 
 def evaluate(
-    metric: Any = "lpips",
-    data: str | os.PathLike | None = None,
+    metric: Any,
     *,
+    data: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     tasks: Sequence[str] | None = None,
     split: str = "val",

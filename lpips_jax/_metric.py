@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from lpips_jax import _checks, _nets
@@ -71,13 +72,21 @@ def _as_batch(x: Any) -> tuple[jax.Array, bool]:
     return x, False
 
 
-def scale_inputs(x: jax.Array, version: str, normalize: bool) -> jax.Array:
-    """``normalize`` maps [0, 1] to [-1, 1]; v0.1 then applies the scaling layer."""
-    if normalize:
+def scale_inputs(x: jax.Array, version: str, normalize: Any) -> jax.Array:
+    """``normalize`` maps [0, 1] to [-1, 1]; v0.1 then applies the scaling layer.
+
+    ``normalize`` is a Python bool, or a traced boolean when the caller jits ``distance``
+    without marking it static (``jax.jit(distance)(p, x, y, normalize=True)``).
+    """
+    if isinstance(normalize, jax.core.Tracer):
+        x = jnp.where(normalize, 2 * x - 1, x)
+    elif normalize:
         x = 2 * x - 1
     if version == "0.1":
-        shift = jnp.asarray(SHIFT, x.dtype)
-        scale = jnp.asarray(SCALE, x.dtype)
+        # The official ScalingLayer holds these as float32 buffers: in float64 it uses the
+        # float32-rounded values (e.g. -0.030 -> -0.029999999329447746), and so do we.
+        shift = jnp.asarray(np.asarray(SHIFT, np.float32), x.dtype)
+        scale = jnp.asarray(np.asarray(SCALE, np.float32), x.dtype)
         x = (x - shift) / scale
     return x
 
@@ -100,6 +109,24 @@ def normalize_channels(f: jax.Array) -> jax.Array:
 
 def _trunk_module(params: LPIPSParams, dtype: Any, remat: bool, precision: Any) -> _nets.Trunk:
     return _nets.Trunk(net=params.net, dtype=dtype, remat=remat, precision=precision)
+
+
+def _widen(x: jax.Array) -> jax.Array:
+    """bfloat16/float16 images -> float32 (float64 stays): scaling runs at least in float32."""
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
+
+
+def _compute_dtype(dtype: Any, x: jax.Array, trunk_params: Any) -> Any:
+    """The trunk's compute dtype: ``dtype`` if given, else float32 (float64 if x or params are).
+
+    Chosen here rather than left to Flax's ``promote_dtype`` (``jnp.result_type``), which
+    raises for bfloat16/float16 images and float32 params under strict dtype promotion.
+    """
+    if dtype is not None:
+        return dtype
+    leaves = [x, *jax.tree_util.tree_leaves(trunk_params)]
+    wide = any(getattr(a, "dtype", None) == jnp.float64 for a in leaves)
+    return jnp.float64 if wide else jnp.float32
 
 
 def features(
@@ -127,7 +154,8 @@ def features(
 
 
 def _taps(params, xb, normalize, dtype, remat, precision):
-    xs = scale_inputs(xb, params.version, normalize)
+    xs = scale_inputs(_widen(xb), params.version, normalize)
+    dtype = _compute_dtype(dtype, xs, params.trunk)
     trunk = _trunk_module(params, dtype, remat, precision)
     raw = trunk.apply({"params": params.trunk}, xs)
     return tuple(normalize_channels(t) for t in raw)
@@ -301,10 +329,6 @@ class LPIPS(nn.Module):
     def __call__(self, x: Any, y: Any, *, normalize: bool = False) -> jax.Array:
         _checks.check_net(self.net)
         _checks.check_version(self.version)
-        trunk = _nets.Trunk(
-            net=self.net, dtype=self.dtype, remat=self.remat, precision=self.precision,
-            name="trunk",
-        )  # fmt: skip
         heads = None
         if self.lpips:
             heads = _Heads(_nets.tap_channels(self.net), name="heads")()
@@ -313,6 +337,11 @@ class LPIPS(nn.Module):
             trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips
         )
         params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+        xb, yb = _widen(xb), _widen(yb)
+        trunk = _nets.Trunk(
+            net=self.net, dtype=_compute_dtype(self.dtype, xb, None), remat=self.remat,
+            precision=self.precision, name="trunk",
+        )  # fmt: skip
         fx = tuple(normalize_channels(t) for t in trunk(scale_inputs(xb, self.version, normalize)))
         fy = tuple(normalize_channels(t) for t in trunk(scale_inputs(yb, self.version, normalize)))
         per = [jnp.mean(m, axis=(-2, -1)) for m in _head_maps(params, fx, fy)]

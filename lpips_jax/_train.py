@@ -556,8 +556,8 @@ def _check_options(net, version, mode, heads_init, epochs, epochs_decay, batch_s
 
 
 def train(
-    data: Any = None,
     *,
+    data: Any = None,
     net: str = "alex",
     mode: str = "lin",
     version: str = "0.1",

@@ -53,10 +53,7 @@ def test_all_is_complete_and_importable():
 POSITIONAL_OPTIONAL = {"load": ("net", "version", "lpips")}
 # Known departures, reported to their owners; strict, so a fix turns them into failures
 # here until the mark is removed.
-KNOWN_POSITIONAL = {
-    "evaluate": "evaluate(metric='lpips', data=None, *, ...): metric and data are positional",
-    "train": "train(data=None, *, ...): data is positional",
-}
+KNOWN_POSITIONAL: dict[str, str] = {}
 FUNCTIONS = [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_POSITIONAL[n]))
     if n in KNOWN_POSITIONAL
