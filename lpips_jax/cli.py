@@ -689,8 +689,8 @@ class _AllPairs:
         for shape in fi.keys() & fj.keys():
             for u, (ta, ka) in enumerate(fi[shape]):
                 for v, (tb, kb) in enumerate(fj[shape]):
-                    if same and v < u:
-                        continue
+                    if (same and v < u) or (same and u == v and len(ka) < 2):
+                        continue  # the lower triangle, or a lone image: no pairs here
                     inflight.append((_cross_jit(self.params, ta, tb), ka, kb, same and u == v))
                     while len(inflight) > 2:
                         self._collect(*inflight.popleft())
@@ -984,8 +984,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def enable_compilation_cache() -> str | None:
+    """Keep compiled programs across runs: JAX's persistent compilation cache.
+
+    In ``$XDG_CACHE_HOME/lpips_jax/xla`` (default ``~/.cache/lpips_jax/xla``), unless
+    ``LPIPS_JAX_NO_CACHE`` is set or JAX's cache is configured already
+    (``JAX_COMPILATION_CACHE_DIR``). Returns the folder used, or ``None``.
+    """
+    if os.environ.get("LPIPS_JAX_NO_CACHE") or jax.config.jax_compilation_cache_dir:
+        return None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "lpips_jax", "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK):
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``lpips-jax`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    """Run ``lpips-jax`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Run as the command (``argv`` is ``None``), it also turns on the persistent compilation
+    cache (:func:`enable_compilation_cache`); called with ``argv`` from Python, it leaves
+    JAX's configuration alone.
+    """
+    if argv is None:
+        enable_compilation_cache()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "convert":  # every other argument belongs to convert's parser
         return cmd_convert(argv[1:])
@@ -1010,6 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err(f"{PROG}: interrupted; nothing written")
         return 130
+    except BrokenPipeError:  # stdout closed early (| head): stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
