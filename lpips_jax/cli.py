@@ -8,11 +8,13 @@ Commands (each has ``--net``, ``--version``, ``--help``; defaults alex / 0.1)::
     lpips-jax map A B -o MAP.png [--overlay]    spatial distance map as a colour heat map
     lpips-jax convert ...                       PyTorch checkpoints -> params (python -m convert)
 
-Every image is read by :func:`lpips_jax.io.read_image` (``(H, W, 3)`` float32 in
-``[0, 1]``) and compared by one ``jax.jit`` of ``lpips_jax.distance(..., normalize=True)``
-(``distance_map`` for ``map``), so the numbers printed equal the library's on the same
-arrays. Folders are read on worker threads while the device computes, in batches of one
-image size at a time, so each size compiles once.
+Every image is read by :func:`lpips_jax.io.read_pixels` (what :func:`lpips_jax.read_image`
+reads, before the scaling to ``[0, 1]``) and compared by one ``jax.jit`` of
+``lpips_jax.distance(params, to_unit(x), to_unit(y), normalize=True)`` (``distance_map`` for
+``map``), so the numbers printed equal the library's on ``read_image`` arrays. 8-bit pairs
+travel to the device as uint8 (a quarter of the bytes) and are scaled there; other pairs
+as float32. Folders are read on worker threads while the device computes, in batches of
+one image size at a time, so each size compiles once.
 
 Exit codes: 0 ok, 1 some inputs failed (unreadable, wrong size, too small), 2 usage
 errors (bad options, a folder that does not exist, weights that cannot be loaded).
@@ -68,18 +70,18 @@ class _PairFailure(Exception):
 
 
 def _distance01(params: lpips_jax.LPIPSParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``(N,)`` distances of ``(N, H, W, 3)`` images in ``[0, 1]``."""
-    return lpips_jax.distance(params, x, y, normalize=True)
+    """``(N,)`` distances of ``(N, H, W, 3)`` pixels (uint8, or float32 in ``[0, 1]``)."""
+    return lpips_jax.distance(params, lio.to_unit(x), lio.to_unit(y), normalize=True)
 
 
 def _map01(params: lpips_jax.LPIPSParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``(N, H, W)`` distance maps of ``(N, H, W, 3)`` images in ``[0, 1]``."""
-    return lpips_jax.distance_map(params, x, y, normalize=True)
+    """``(N, H, W)`` distance maps of ``(N, H, W, 3)`` pixels."""
+    return lpips_jax.distance_map(params, lio.to_unit(x), lio.to_unit(y), normalize=True)
 
 
 def _features01(params: lpips_jax.LPIPSParams, x: jax.Array) -> tuple[jax.Array, ...]:
-    """Normalised taps, each ``(N, h, w, C)``, of ``(N, H, W, 3)`` images in ``[0, 1]``."""
-    return lpips_jax.features(params, x, normalize=True)
+    """Normalised taps, each ``(N, h, w, C)``, of ``(N, H, W, 3)`` pixels."""
+    return lpips_jax.features(params, lio.to_unit(x), normalize=True)
 
 
 def _cross(params: lpips_jax.LPIPSParams, fa: tuple, fb: tuple) -> jax.Array:
@@ -173,24 +175,33 @@ def _check_min_size(path: str, a: np.ndarray, net: str) -> None:
         )
 
 
+def _device_pixels(a: np.ndarray) -> np.ndarray:
+    """8-bit pixels stay uint8 (scaled on the device); others become float32 in [0, 1]."""
+    return a if a.dtype == np.uint8 else lio.to_unit(a)
+
+
 def read_pair(
     path_a: str, path_b: str, *, resize: Any, net: str
 ) -> tuple[np.ndarray, np.ndarray, list[lio.ImageInfo]]:
-    """Read two images for comparison: two ``(H, W, 3)`` float32 arrays in ``[0, 1]``.
+    """Read two images for comparison: two ``(H, W, 3)`` arrays of the same shape and dtype.
 
-    ``resize``: ``None`` (sizes must match), ``"a"`` (B resized to A's size), ``"b"``
-    (A to B's) or ``(width, height)`` (both). Raises :class:`lpips_jax.io.ImageError`
-    or :class:`_PairFailure` (different sizes, smaller than the net's minimum).
+    Both uint8 (8-bit files) or both float32 in ``[0, 1]``; ``lio.to_unit`` of each is
+    ``read_image`` of its file. ``resize``: ``None`` (sizes must match), ``"a"`` (B
+    resized to A's size), ``"b"`` (A to B's) or ``(width, height)`` (both). Raises
+    :class:`lpips_jax.io.ImageError` or :class:`_PairFailure` (different sizes, smaller
+    than the net's minimum).
     """
     if resize == "b":
-        b, ib = lio.read_image(path_b, return_info=True)
-        a, ia = lio.read_image(path_a, resize=(b.shape[1], b.shape[0]), return_info=True)
+        b, ib = lio.read_pixels(path_b, return_info=True)
+        a, ia = lio.read_pixels(path_a, resize=(b.shape[1], b.shape[0]), return_info=True)
     else:
         size = resize if isinstance(resize, tuple) else None
-        a, ia = lio.read_image(path_a, resize=size, return_info=True)
+        a, ia = lio.read_pixels(path_a, resize=size, return_info=True)
         if resize == "a":
             size = (a.shape[1], a.shape[0])
-        b, ib = lio.read_image(path_b, resize=size, return_info=True)
+        b, ib = lio.read_pixels(path_b, resize=size, return_info=True)
+    if a.dtype != b.dtype or a.dtype != np.uint8:
+        a, b = lio.to_unit(a), lio.to_unit(b)
     if a.shape != b.shape:
         raise _PairFailure(
             f"sizes differ: {path_a} is {_wxh(a)} but {path_b} is {_wxh(b)} (width x height); "
@@ -347,7 +358,7 @@ class _Batches:
         self.inflight: collections.deque = collections.deque()
 
     def add(self, key: Any, arrays: tuple[np.ndarray, ...]) -> None:
-        shape = tuple(a.shape for a in arrays)
+        shape = tuple((a.shape, a.dtype.str) for a in arrays)
         bucket = self.buckets.setdefault(shape, [])
         bucket.append((key, arrays))
         if len(bucket) == self.batch_size:
@@ -436,7 +447,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         img, meta = _heatmap.render(
             dmap,
             vmax=args.vmax,
-            background=x if args.overlay else None,
+            background=lio.to_unit(x) if args.overlay else None,
             alpha=args.alpha,
             legend=args.legend,
             zoom=args.zoom,
@@ -663,10 +674,10 @@ class _AllPairs:
         )
 
         def read(i: int) -> np.ndarray:
-            a, info = lio.read_image(self.paths[i], resize=self.args.resize, return_info=True)
+            a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
             _check_min_size(self.paths[i], a, self.params.net)
             self.notes.add([info])
-            return a
+            return _device_pixels(a)
 
         window = max(8, 4 * self.batch)
         for i, a, error in _prefetch(self.pool, read, indices, window=window):

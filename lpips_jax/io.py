@@ -35,12 +35,15 @@ import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
+    "PIXEL_SCALE",
     "ImageError",
     "ImageInfo",
     "image_extensions",
     "is_image_file",
     "read_image",
+    "read_pixels",
     "resize_image",
+    "to_unit",
 ]
 
 # EXIF tag 0x0112: Orientation (1 = as stored).
@@ -167,22 +170,20 @@ def _low_bytes(path: str, rawmode: str) -> Image.Image | None:
         return None
 
 
-def _as_float(im: Image.Image, lo: Image.Image | None) -> tuple[np.ndarray, int, bool]:
-    """``(H, W, 3)`` float32 in [0, 1], bits per channel, whether alpha was dropped."""
+def _as_pixels(im: Image.Image, lo: Image.Image | None) -> tuple[np.ndarray, int, bool]:
+    """``(H, W, 3)`` pixels (uint8, uint16 or float32), bits per channel, alpha dropped."""
     mode = im.mode
     alpha = False
     if lo is not None:  # 16-bit RGB or RGBA
-        hi16 = np.asarray(im, np.uint16) << 8
-        a = (hi16 | np.asarray(lo, np.uint16)).astype(np.float32) / np.float32(65535)
-        return _rgb(a[..., :3]), 16, a.shape[-1] == 4
+        a = (np.asarray(im, np.uint16) << 8) | np.asarray(lo, np.uint16)
+        return _rgb(a[..., :3], np.uint16), 16, a.shape[-1] == 4
     if mode in _GRAY16:
-        a = np.asarray(im).astype(np.float32) / np.float32(65535)
-        return _rgb(a), 16, False
+        return _rgb(np.asarray(im), np.uint16), 16, False
     if mode == "I":
         a = np.clip(np.asarray(im).astype(np.float32) / np.float32(65535), 0.0, 1.0)
-        return _rgb(a), 32, False
+        return _rgb(a, np.float32), 32, False
     if mode == "F":
-        return _rgb(np.clip(np.asarray(im, np.float32), 0.0, 1.0)), 32, False
+        return _rgb(np.clip(np.asarray(im, np.float32), 0.0, 1.0), np.float32), 32, False
     if mode == "P":
         has_alpha = "transparency" in im.info or im.palette.mode == "RGBA"
         im, alpha = im.convert("RGBA" if has_alpha else "RGB"), has_alpha
@@ -198,16 +199,35 @@ def _as_float(im: Image.Image, lo: Image.Image | None) -> tuple[np.ndarray, int,
         im = im.convert("RGB")
     if im.mode == "RGBA":
         alpha = True
-    a = np.asarray(im, np.float32) / np.float32(255)
+    a = np.asarray(im, np.uint8)
     if a.ndim == 3:
         a = a[..., :3]
-    return _rgb(a), 8, alpha
+    return _rgb(a, np.uint8), 8, alpha
 
 
-def _rgb(a: np.ndarray) -> np.ndarray:
+def _rgb(a: np.ndarray, dtype: Any) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+#: Pixel dtypes of :func:`read_pixels` and the divisor that maps each to ``[0, 1]``.
+PIXEL_SCALE = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535, np.dtype(np.float32): 1}
+
+
+def to_unit(pixels: np.ndarray) -> np.ndarray:
+    """Pixels of :func:`read_pixels` as float32 in ``[0, 1]`` (``/ 255``, ``/ 65535``).
+
+    Works on NumPy and JAX arrays alike (e.g. inside ``jax.jit``, so that images travel to
+    the device as 8 or 16-bit integers). Any shape; the dtype sets the scale.
+    """
+    scale = PIXEL_SCALE.get(np.dtype(pixels.dtype))
+    if scale is None:
+        raise TypeError(
+            f"pixels have dtype {np.dtype(pixels.dtype).name}: expected uint8, uint16 or float32"
+        )
+    x = pixels.astype(np.float32)
+    return x if scale == 1 else x / np.float32(scale)
 
 
 def _decode(path: str) -> tuple[np.ndarray, ImageInfo]:
@@ -223,7 +243,7 @@ def _decode(path: str) -> tuple[np.ndarray, ImageInfo]:
                 lo = ImageOps.exif_transpose(lo) if lo is not None else None
             else:
                 im_t = im
-            a, bits, alpha = _as_float(im_t, lo)
+            a, bits, alpha = _as_pixels(im_t, lo)
         finally:
             if lo is not None:
                 lo.close()
@@ -238,6 +258,39 @@ def _decode(path: str) -> tuple[np.ndarray, ImageInfo]:
         resized=False,
     )
     return a, info
+
+
+def read_pixels(
+    path: str | os.PathLike,
+    *,
+    resize: tuple[int, int] | None = None,
+    return_info: bool = False,
+) -> np.ndarray | tuple[np.ndarray, ImageInfo]:
+    """Read an image file as ``(H, W, 3)`` pixels, before scaling to ``[0, 1]``.
+
+    The dtype says the scale: uint8 (8-bit files, ``/ 255``), uint16 (16-bit files,
+    ``/ 65535``) or float32 (already in ``[0, 1]``: resized images, 32-bit files).
+    ``to_unit(read_pixels(p, ...))`` equals ``read_image(p, ...)`` exactly; the command
+    line reads this way so that images go to the device as integers. Arguments, modes
+    and errors as :func:`read_image`.
+    """
+    size = _check_size(resize)
+    p = os.fspath(path)
+    if not os.path.exists(p):
+        raise ImageError(p, "no such file")
+    if os.path.isdir(p):
+        raise ImageError(p, "is a folder, expected an image file")
+    try:
+        a, info = _decode(p)
+    except ImageError:
+        raise
+    except Exception as e:  # Pillow raises many types for damaged files
+        reason = str(e) or type(e).__name__
+        raise ImageError(p, f"cannot read image ({type(e).__name__}: {reason})") from e
+    if size is not None and (a.shape[1], a.shape[0]) != size:
+        a = resize_image(to_unit(a), size)
+        info = dataclasses.replace(info, resized=True)
+    return (a, info) if return_info else a
 
 
 def read_image(
@@ -263,20 +316,6 @@ def read_image(
         the message starts with the path.
       ValueError: ``resize`` is not two positive integers.
     """
-    size = _check_size(resize)
-    p = os.fspath(path)
-    if not os.path.exists(p):
-        raise ImageError(p, "no such file")
-    if os.path.isdir(p):
-        raise ImageError(p, "is a folder, expected an image file")
-    try:
-        a, info = _decode(p)
-    except ImageError:
-        raise
-    except Exception as e:  # Pillow raises many types for damaged files
-        reason = str(e) or type(e).__name__
-        raise ImageError(p, f"cannot read image ({type(e).__name__}: {reason})") from e
-    if size is not None and (a.shape[1], a.shape[0]) != size:
-        a = resize_image(a, size)
-        info = dataclasses.replace(info, resized=True)
+    a, info = read_pixels(path, resize=resize, return_info=True)
+    a = np.ascontiguousarray(to_unit(a))
     return (a, info) if return_info else a

@@ -299,8 +299,9 @@ def test_allpairs_consecutive_and_usage(tmp_path, photos, capsys):
     d.mkdir()
     for k in range(5):
         save(photos[k], d / f"{k}.png")
-    assert cli.main(["allpairs", str(d), "--consecutive", "--batch-size", "1"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    r = run("allpairs", d, "--consecutive", "--batch-size", 1)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
     assert [ln.rsplit(",", 1)[0] for ln in out[1:5]] == [f"{k}.png,{k + 1}.png" for k in range(4)]
     assert len(out) == 7  # header, 4 rows, Avg, mean
     assert cli.main(["allpairs", str(d), "--resize", "a"]) == 2
@@ -355,15 +356,17 @@ def test_map_overlay_zoom_and_options(tmp_path, photos, capsys):
     a = save(photos[1], tmp_path / "a.png")
     b = save(distort(photos[1], "noise"), tmp_path / "b.png")
     npy, png = tmp_path / "m.npy", tmp_path / "o.png"
-    args = ["map", str(a), str(b), "--npy", str(npy), "-o", str(png)]
-    assert cli.main([*args, "--overlay", "--no-legend", "--vmax", "2", "--alpha", "0.5"]) == 0
+    args = ["map", a, b, "--npy", npy, "-o", png]
+    r = run(*args, "--overlay", "--no-legend", "--vmax", 2, "--alpha", 0.5)
+    assert r.returncode == 0, r.stderr
     m = np.load(npy)
     with Image.open(png) as im:
         assert im.size == (64, 64)  # exactly the inputs' size without the legend
         px = np.asarray(im).astype(float)
     want = 0.5 * _heatmap.colormap(m / 2) + 0.5 * photos[1]
     np.testing.assert_allclose(px, want, atol=1.01)
-    assert cli.main([*args, "--zoom", "3"]) == 0
+    r = run(*args, "--zoom", 3)
+    assert r.returncode == 0, r.stderr
     with Image.open(png) as im:
         assert im.size[1] == 192 and im.size[0] > 192
         assert im.text["lpips:map_width"] == "192"
@@ -398,11 +401,10 @@ def test_dist_size_mismatch_and_resize(tmp_path, photos, alex_params, capsys):
     assert r.returncode == 1
     assert "a.png is 64x64 but" in r.stderr and "b.png is 64x48" in r.stderr
     assert "--resize" in r.stderr and r.stdout == ""
-    r = run("dist", a, b, "--resize", "a")  # B to A's size
-    assert r.returncode == 0, r.stderr
-    got = [float(last_line(r.stdout))]
+    got = []
     for argv in (
-        ["dist", str(c), str(a), "--resize", "b"],
+        ["dist", str(a), str(b), "--resize", "a"],  # B to A's size
+        ["dist", str(c), str(a), "--resize", "b"],  # A to B's size
         ["dist", str(b), str(c), "--resize", "64x64"],
     ):
         assert cli.main(argv) == 0
@@ -431,10 +433,10 @@ def test_dist_input_errors(tmp_path, photos, capsys):
     err = capsys.readouterr().err
     assert "s1.png is 20x20" in err and "at least 31x31" in err
     rgba = save(np.dstack([photos[0], np.full((64, 64), 7, np.uint8)]), tmp_path / "t.png")
-    assert cli.main(["dist", str(rgba), str(good)]) == 0
-    out, err = capsys.readouterr()
-    assert float(last_line(out)) < 1e-9  # alpha ignored: the same RGB
-    assert err.count("alpha channel") == 1
+    r = run("dist", rgba, good)
+    assert r.returncode == 0, r.stderr
+    assert float(last_line(r.stdout)) < 1e-9  # alpha ignored: the same RGB
+    assert r.stderr.count("alpha channel") == 1
 
 
 def test_usage_errors_exit_2(tmp_path, photos, capsys):

@@ -291,3 +291,20 @@ def test_resize(tmp_path):
     for bad in [(0, 5), (5,), "64x64", (2.5, 3)]:
         with pytest.raises(ValueError, match="expected \\(width, height\\)"):
             lio.read_image(tmp_path / "x.png", resize=bad)
+
+
+def test_read_pixels_and_to_unit(tmp_path):
+    """``to_unit(read_pixels(p))`` is ``read_image(p)`` exactly; the dtype gives the scale."""
+    px = _pixels()
+    Image.fromarray(px).save(tmp_path / "8.png")
+    Image.fromarray(px[..., 0].astype(np.uint16) * 257).save(tmp_path / "16.png")
+    Image.fromarray(np.dstack([px, px[..., :1]]), mode="RGBA").save(tmp_path / "a.png")
+    for name, dtype in [("8.png", np.uint8), ("16.png", np.uint16), ("a.png", np.uint8)]:
+        raw = lio.read_pixels(tmp_path / name)
+        assert raw.dtype == dtype and raw.shape == (12, 10, 3)
+        np.testing.assert_array_equal(lio.to_unit(raw), lio.read_image(tmp_path / name))
+    resized = lio.read_pixels(tmp_path / "8.png", resize=(5, 6))
+    assert resized.dtype == np.float32
+    np.testing.assert_array_equal(resized, lio.read_image(tmp_path / "8.png", resize=(5, 6)))
+    with pytest.raises(TypeError, match="dtype int32: expected uint8, uint16 or float32"):
+        lio.to_unit(np.zeros(3, np.int32))
