@@ -673,17 +673,18 @@ class _AllPairs:
             lambda x: _features_jit(self.params, x), self.batch, done, failed, depth=1
         )
 
-        def read(i: int) -> np.ndarray:
+        def read(i: int) -> tuple[np.ndarray, lio.ImageInfo]:
             a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
             _check_min_size(self.paths[i], a, self.params.net)
-            self.notes.add([info])
-            return _device_pixels(a)
+            return _device_pixels(a), info
 
         window = max(8, 4 * self.batch)
-        for i, a, error in _prefetch(self.pool, read, indices, window=window):
+        for i, res, error in _prefetch(self.pool, read, indices, window=window):
             if error is not None:
                 self._image_failed(i, str(error))
                 continue
+            a, info = res
+            self.notes.add([info])
             self.shapes[i] = a.shape
             batches.add(i, (a,))
         batches.flush()
@@ -1051,6 +1052,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err(f"{PROG}: interrupted; nothing written")
         return 130
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0]
+        _err(f"{PROG}: error: out of device memory ({first}); try a smaller --batch-size")
+        return EXIT_FAILED
     except BrokenPipeError:  # stdout closed early (| head): stop quietly
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

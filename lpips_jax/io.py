@@ -1,8 +1,10 @@
 """Reading image files as float arrays for the LPIPS metric.
 
 Contract: :func:`read_image` returns a ``(H, W, 3)`` float32 array with values in
-``[0, 1]``, C-contiguous; pass it to the metric with ``normalize=True``. Every file the
-command line reads goes through it, so a value computed by ``lpips-jax`` equals
+``[0, 1]``, C-contiguous; pass it to the metric with ``normalize=True``.
+:func:`read_pixels` is the same reading before that scaling (uint8, uint16 or float32,
+``to_unit`` scales them): the command line reads every file with it and scales on the
+device, so a value computed by ``lpips-jax`` equals
 ``lpips_jax.distance(params, read_image(a), read_image(b), normalize=True)``.
 
 What is read (through Pillow):
