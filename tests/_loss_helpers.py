@@ -1,0 +1,208 @@
+"""Helpers shared by the loss-use tests (gradients, transforms, precision).
+
+Independent references live here: the official ``lpips`` model with our exact params
+(trunk and heads copied in), and its autograd gradients mapped into our layouts.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from conftest import distort, official_model, photo_crops, to_nchw, to_unit, trunk_state_dict
+
+import lpips_jax
+
+# The v0.1 scaling layer's shift: an image at this value is 0 after scaling, so with
+# zero conv biases every tap's feature vector is exactly 0 there ("vanishing features").
+SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
+
+
+@functools.cache
+def squeeze_params(seed: int = 0) -> lpips_jax.LPIPSParams:
+    """SqueezeNet with a random trunk (``Trunk.init`` + small random biases) and random
+    positive heads: for tests where the weights' values do not matter."""
+    k_trunk, k_bias, k_heads = jax.random.split(jax.random.key(seed), 3)
+    m = lpips_jax.min_size("squeeze")
+    init = jax.jit(lpips_jax.Trunk(net="squeeze").init)
+    trunk = init(k_trunk, jnp.zeros((1, m, m, 3)))["params"]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(trunk)
+    keys = jax.random.split(k_bias, len(leaves))
+    new = []
+    for (path, leaf), k in zip(leaves, keys):
+        if str(path[-1].key) == "bias":
+            leaf = jax.random.uniform(k, leaf.shape, leaf.dtype, -0.05, 0.05)
+        new.append(leaf)
+    trunk = jax.tree_util.tree_unflatten(treedef, new)
+    hk = jax.random.split(k_heads, len(lpips_jax.tap_channels("squeeze")))
+    heads = {
+        f"lin{i}": {"kernel": jax.random.uniform(hk[i], (1, 1, c, 1), jnp.float32, 0.01, 0.2)}
+        for i, c in enumerate(lpips_jax.tap_channels("squeeze"))
+    }
+    return lpips_jax.LPIPSParams(trunk=trunk, heads=heads, net="squeeze")
+
+
+def params_for(net: str) -> lpips_jax.LPIPSParams:
+    return squeeze_params() if net == "squeeze" else _shipped(net)
+
+
+@functools.cache
+def _shipped(net: str) -> lpips_jax.LPIPSParams:
+    return lpips_jax.load(net)
+
+
+def zero_biases(params: lpips_jax.LPIPSParams) -> lpips_jax.LPIPSParams:
+    """The same params with every trunk bias 0 (a trunk "being tuned" into dead units)."""
+
+    def f(path, leaf):
+        return jnp.zeros_like(leaf) if str(path[-1].key) == "bias" else leaf
+
+    return params.replace(trunk=jax.tree_util.tree_map_with_path(f, params.trunk))
+
+
+def to_f64(params):
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+
+
+def photo_pair(n: int, size: int | tuple[int, int], seed: int = 0):
+    """``n`` real photo crops in [-1, 1] and real distortions of them (noise, blur, jpeg)."""
+    hw = (size, size) if isinstance(size, int) else size
+    imgs = photo_crops(hw, n, seed)
+    kinds = ["noise", "blur", "jpeg"]
+    dist = np.stack([distort(im, kinds[i % 3], seed + i) for i, im in enumerate(imgs)])
+    return to_unit(imgs), to_unit(dist)
+
+
+EDGE_CASES = (
+    "photo vs distorted",
+    "x == y (photo)",
+    "-1 vs photo",
+    "0 vs photo",
+    "+1 vs photo",
+    "-1 == -1",
+    "0 == 0",
+    "+1 == +1",
+    "-1 vs +1",
+    "half at shift vs photo",
+    "all at shift vs photo",
+    "all at shift == all at shift",
+)
+
+
+def edge_batch(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pair per :data:`EDGE_CASES` entry, ``(len(EDGE_CASES), size, size, 3)`` float32.
+
+    "at shift" regions scale to exactly 0: with :func:`zero_biases` params every feature
+    vector whose receptive field lies there is all zero (checked in the tests).
+    """
+    p, d = photo_pair(2, size, seed=11)
+    const = {v: np.full((size, size, 3), v, np.float32) for v in (-1.0, 0.0, 1.0)}
+    shift = np.broadcast_to(SHIFT, (size, size, 3)).astype(np.float32)
+    half = p[1].copy()
+    half[:, : (size + 1) // 2] = SHIFT
+    pairs = [
+        (p[0], d[0]),
+        (p[1], p[1]),
+        (const[-1.0], p[0]),
+        (const[0.0], p[0]),
+        (const[1.0], p[0]),
+        (const[-1.0], const[-1.0]),
+        (const[0.0], const[0.0]),
+        (const[1.0], const[1.0]),
+        (const[-1.0], const[1.0]),
+        (half, p[0]),
+        (shift, p[0]),
+        (shift, shift),
+    ]
+    assert len(pairs) == len(EDGE_CASES)
+    return np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
+
+
+# ---------------------------------------------------------------------------------------
+# The official model with our params, and its autograd in our layouts
+
+
+def official_with(params: lpips_jax.LPIPSParams):
+    """The official ``lpips.LPIPS`` holding exactly ``params`` (trunk and heads)."""
+    import torch
+
+    m = official_model(params.net, params.version, params.lpips, trunk_state_dict(params))
+    if params.lpips:
+        with torch.no_grad():
+            for k, lin in enumerate(m.lins):
+                w = np.asarray(params.heads[f"lin{k}"]["kernel"], np.float32)  # (1, 1, C, 1)
+                lin.model[1].weight.copy_(torch.from_numpy(w.transpose(3, 2, 0, 1).copy()))
+    return m
+
+
+def _our_name(torch_name: str) -> str:
+    """``net.slice2.3.squeeze.weight`` -> ``features_3/squeeze/kernel``; ``lin0.model.1.weight``
+    -> ``lin0/kernel``."""
+    parts = torch_name.split(".")
+    if parts[0] == "net":
+        idx, *sub, kind = parts[2:]
+        return "/".join([f"features_{idx}", *sub, "kernel" if kind == "weight" else "bias"])
+    return f"{parts[0]}/kernel"
+
+
+def flat_params(tree) -> dict[str, np.ndarray]:
+    """``{"features_0/kernel": ..., "lin0/kernel": ...}`` from an LPIPSParams-shaped tree."""
+    out = {}
+    for part in (tree.trunk, tree.heads):
+        if part is None:
+            continue
+        for path, leaf in jax.tree_util.tree_flatten_with_path(part)[0]:
+            out["/".join(str(p.key) for p in path)] = np.asarray(leaf, np.float64)
+    return out
+
+
+def official_value_and_grads(m, x: np.ndarray, y: np.ndarray, double: bool):
+    """Official distances ``(N,)`` and autograd gradients of their sum w.r.t. x, y (NHWC)
+    and every parameter (our names and layouts: HWIO kernels, (1, 1, C, 1) heads)."""
+    import torch
+
+    dt = torch.float64 if double else torch.float32
+    m = m.to(dt)
+    try:
+        for p in m.parameters():
+            p.requires_grad_(True)
+            p.grad = None
+        tx = to_nchw(x).to(dt).requires_grad_(True)
+        ty = to_nchw(y).to(dt).requires_grad_(True)
+        d = m(tx, ty).reshape(-1)
+        d.sum().backward()
+        grads = {}
+        for name, p in m.named_parameters():
+            g = p.grad.detach().numpy().astype(np.float64)
+            grads[_our_name(name)] = g.transpose(2, 3, 1, 0) if g.ndim == 4 else g
+        nhwc = (0, 2, 3, 1)
+        gx = tx.grad.numpy().transpose(nhwc).astype(np.float64)
+        gy = ty.grad.numpy().transpose(nhwc).astype(np.float64)
+        return d.detach().numpy().astype(np.float64), gx, gy, grads
+    finally:
+        for p in m.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        m.float()
+
+
+def assert_grad_close(ours, ref, *, q99: float, worst: float, what: str) -> None:
+    """Compare gradients relative to their scale ``max|ref|``: 99% of the elements within
+    ``q99``, every element within ``worst``."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (what, ours.shape, ref.shape)
+    assert np.all(np.isfinite(ours)), f"{what}: non-finite gradient"
+    scale = np.abs(ref).max()
+    if scale == 0:
+        assert np.abs(ours).max() == 0, f"{what}: reference is 0, ours {np.abs(ours).max()}"
+        return
+    err = np.abs(ours - ref) / scale
+    q = float(np.quantile(err, 0.99))
+    assert q <= q99, f"{what}: 99th percentile of |ours - ref| / max|ref| = {q:.3g} > {q99:g}"
+    assert err.max() <= worst, f"{what}: max |ours - ref| / max|ref| = {err.max():.3g} > {worst:g}"
