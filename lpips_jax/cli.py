@@ -871,8 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
     folders.add_argument(
         "--workers",
         type=_positive_int,
-        default=max(2, min(8, os.cpu_count() or 2)),
-        help="image decoding threads (default: CPU count, 2 to 8)",
+        default=max(2, min(16, os.cpu_count() or 2)),
+        help="image decoding threads (default: CPU count, 2 to 16)",
     )
     folders.add_argument(
         "--keep-going",
