@@ -581,7 +581,8 @@ def cmd_dirs(args: argparse.Namespace) -> int:
 def _emit_csv(path: str | None, header: tuple[str, ...], rows: list[tuple]) -> None:
     """The CSV to ``path`` (atomically) or, without ``-o``, to stdout."""
     if path:
-        with _atomic_file(path, "w", newline="", encoding="utf-8") as f:
+        # surrogateescape: file names that are not valid UTF-8 are written back as bytes
+        with _atomic_file(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(header)
             w.writerows(rows)
