@@ -170,9 +170,12 @@ def _im2col_rows_limit() -> int:
 
 
 # On XLA:CPU, a conv as one matmul over explicit patches (im2col) beats XLA's own conv
-# when the output has few positions (small images, deep layers, small batches); for large
-# outputs XLA's conv wins. Measured on a 2-core x86 CPU (bench/bench_layers.py).
-_IM2COL_MAX_ROWS = 8192
+# when the output has few positions (deep layers of small images at small batches: e.g.
+# vgg 8x8x512 at batch 1, backward 2-3x faster); for larger outputs XLA's conv wins, and
+# large kernels (alex's 11x11) make the patch gathering slow to compile and to run.
+# Measured on a 2-core x86 CPU with bench/bench_layers.py.
+_IM2COL_MAX_ROWS = 512
+_IM2COL_MAX_KERNEL = 5
 
 
 def _choose_impl(x_shape, k_shape, stride) -> str:
@@ -184,6 +187,8 @@ def _choose_impl(x_shape, k_shape, stride) -> str:
     ow = (w - kw) // stride + 1
     if kh == 1 and kw == 1:
         return "im2col"  # a plain matmul
+    if kh > _IM2COL_MAX_KERNEL:
+        return "xla"
     return "im2col" if n * oh * ow <= _im2col_rows_limit() else "xla"
 
 
@@ -220,17 +225,22 @@ def conv2d(
         if kh == 1 and kw == 1 and stride == 1:
             patches = xp
         else:
-            cols = [
-                lax.slice(
-                    xp,
-                    (0, dy, dx, 0),
-                    (n, dy + stride * (oh - 1) + 1, dx + stride * (ow - 1) + 1, ci),
-                    (1, stride, stride, 1),
-                )
-                for dy in range(kh)
-                for dx in range(kw)
-            ]
-            patches = jnp.concatenate(cols, axis=-1)  # (N, oh, ow, kh*kw*ci), HWI order
+            # Patches in two passes (kw slices along W, then kh along H): channel order
+            # (dy, dx, c), the order of the HWIO kernel reshaped to (kh*kw*ci, co).
+            wide = jnp.concatenate(
+                [
+                    lax.slice_in_dim(xp, dx, dx + stride * (ow - 1) + 1, stride, axis=2)
+                    for dx in range(kw)
+                ],
+                axis=-1,
+            )  # (N, h, ow, kw*ci)
+            patches = jnp.concatenate(
+                [
+                    lax.slice_in_dim(wide, dy, dy + stride * (oh - 1) + 1, stride, axis=1)
+                    for dy in range(kh)
+                ],
+                axis=-1,
+            )  # (N, oh, ow, kh*kw*ci)
         y = lax.dot_general(
             patches, kernel.reshape(kh * kw * ci, co),
             (((3,), (0,)), ((), ())), precision=precision,
