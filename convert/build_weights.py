@@ -59,7 +59,9 @@ def torchvision_state_dict(ckpt: dict, net: str) -> dict:
     for j, i in enumerate(CONV_INDICES[net]):
         k = np.asarray(convs[f"Conv_{j}"]["kernel"], np.float32)  # HWIO
         sd[f"features.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
-        sd[f"features.{i}.bias"] = torch.from_numpy(np.asarray(convs[f"Conv_{j}"]["bias"], np.float32))
+        sd[f"features.{i}.bias"] = torch.from_numpy(
+            np.asarray(convs[f"Conv_{j}"]["bias"], np.float32)
+        )
     if len(convs) != len(CONV_INDICES[net]):
         raise SystemExit(f"{net}: expected {len(CONV_INDICES[net])} convs, found {sorted(convs)}")
     return sd
@@ -94,12 +96,20 @@ def main() -> int:
             for version in ("0.0", "0.1"):
                 src = lpips_weights / f"v{version}" / f"{net}.pth"
                 out = args.out / f"{net}_heads_v{version}.safetensors"
-                if convert_main(["--net", net, "--heads", str(src), "--version", version, "--out", str(out)]):
+                if convert_main(
+                    ["--net", net, "--heads", str(src), "--version", version, "--out", str(out)]
+                ):
                     return 1
 
     files = sorted(p.name for p in args.out.glob("*.safetensors"))
-    lines = ['"""sha256 of each shipped weights file (see weights/README.md for their provenance).', "",
-             "Written by ``python -m convert.build_weights``.", '"""', "", "SHIPPED: dict[str, str] = {"]
+    lines = [
+        '"""sha256 of each shipped weights file (see weights/README.md for their provenance).',
+        "",
+        "Written by ``python -m convert.build_weights``.",
+        '"""',
+        "",
+        "SHIPPED: dict[str, str] = {",
+    ]
     lines += [f'    "{f}": "{sha256(args.out / f)}",' for f in files]
     lines += ["}", ""]
     (REPO / "lpips_jax" / "_registry.py").write_text("\n".join(lines))

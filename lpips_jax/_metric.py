@@ -61,7 +61,9 @@ def _validate_params(params: Any) -> LPIPSParams:
     _checks.check_version(params.version)
     _checks.check_lpips(params.lpips)
     if params.lpips and params.heads is None:
-        raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
+        raise ValueError(
+            "params.lpips is True but params.heads is None: load heads or set lpips=False"
+        )
     return params
 
 
@@ -348,7 +350,9 @@ class LPIPS(nn.Module):
         return _unbatch(sum(per[1:], per[0]), unbatched)
 
 
-def to_params(variables: dict, *, net: str, version: str = "0.1", lpips: bool = True) -> LPIPSParams:
+def to_params(
+    variables: dict, *, net: str, version: str = "0.1", lpips: bool = True
+) -> LPIPSParams:
     """:class:`LPIPSParams` from an :class:`LPIPS` module's variables."""
     p = variables.get("params", variables)
     heads = p["heads"] if lpips else None

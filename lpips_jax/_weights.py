@@ -36,10 +36,7 @@ def expected_shapes(net: str, part: str) -> dict[str, tuple[int, ...]]:
     """Flat ``name -> shape`` of the ``trunk`` or ``heads`` part for ``net``."""
     _checks.check_net(net)
     if part == "heads":
-        return {
-            f"heads/lin{k}/kernel": (1, 1, c, 1)
-            for k, c in enumerate(_nets.tap_channels(net))
-        }
+        return {f"heads/lin{k}/kernel": (1, 1, c, 1) for k, c in enumerate(_nets.tap_channels(net))}
     trunk = _nets.Trunk(net=net)
     shapes = jax.eval_shape(
         trunk.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
@@ -51,9 +48,7 @@ def expected_shapes(net: str, part: str) -> dict[str, tuple[int, ...]]:
     return flat
 
 
-def compare(
-    found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]
-) -> list[str]:
+def compare(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> list[str]:
     """Lines ``- name`` (missing), ``+ name`` (unexpected), ``! name: shape`` (mismatch)."""
     lines = [f" - {k} {expected[k]}" for k in sorted(expected.keys() - found.keys())]
     lines += [f" + {k} {found[k]}" for k in sorted(found.keys() - expected.keys())]
@@ -170,7 +165,7 @@ def _squeeze_missing() -> WeightsError:
         "no SqueezeNet-1.1 trunk is shipped (torchvision's ImageNet weights could not be "
         "obtained where this package was built). Convert torchvision's squeezenet1_1 "
         "weights yourself, from a checkout of the lpips_jax repository:\n"
-        "  python -c \"import torch, torchvision; torch.save(torchvision.models."
+        '  python -c "import torch, torchvision; torch.save(torchvision.models.'
         "squeezenet1_1(weights='IMAGENET1K_V1').state_dict(), 'squeezenet1_1.pth')\"\n"
         "  python -m convert --net squeeze --trunk squeezenet1_1.pth "
         "--heads <site-packages>/lpips/weights/v0.1/squeeze.pth --out squeeze.safetensors\n"

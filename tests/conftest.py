@@ -66,7 +66,7 @@ def to_nchw(x):
     return torch.from_numpy(np.array(np.asarray(x).transpose(0, 3, 1, 2), copy=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photos() -> tuple[np.ndarray, ...]:
     from skimage import data
 

