@@ -170,7 +170,9 @@ def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
         d = (a - b) ** 2
         if params.lpips:
             w = params.heads[f"lin{k}"]["kernel"].reshape(-1).astype(d.dtype)
-            maps.append(jnp.einsum("...c,c->...", d, w))
+            # Always full float32: on GPU the default precision of a dot is TF32 (10-bit
+            # mantissa), ~1e-3 off; the head is a tiny part of the work.
+            maps.append(jnp.einsum("...c,c->...", d, w, precision=jax.lax.Precision.HIGHEST))
         else:
             maps.append(jnp.sum(d, axis=-1))
     return tuple(maps)
