@@ -135,9 +135,7 @@ def test_normalize_channels_float16_features():
     ours = lpips_jax.normalize_channels(jnp.asarray(f))
     assert ours.dtype == jnp.float32
     # float32 division: exact up to float32 rounding.
-    np.testing.assert_allclose(
-        np.asarray(ours), [[0, 0, 0, 0], [1 / 3, 2 / 3, 2 / 3, 0]], rtol=1e-7, atol=0
-    )
+    np.testing.assert_allclose(np.asarray(ours), [[0, 0, 0, 0], [1 / 3, 2 / 3, 2 / 3, 0]], rtol=1e-7, atol=0)
     g = jax.grad(lambda a: jnp.sum(lpips_jax.normalize_channels(a) ** 2))(jnp.asarray(f))
     assert g.dtype == jnp.float16 and _finite(g)
 
@@ -440,7 +438,7 @@ def _check_property_case(case):
     "point",
     [
         "random",
-        pytest.param("constant x", marks=pytest.mark.slow),
+        pytest.param("nearly flat x", marks=pytest.mark.slow),
         pytest.param("other size", marks=pytest.mark.slow),
     ],
 )
@@ -454,14 +452,16 @@ def test_check_grads_float64_random_squeeze(point):
     1e-7 does not; float64 rounding stays ~1e-9 at that step. Points with vanishing
     features are not checked here: there pre-activations are exactly 0, i.e. on a kink,
     where finite differences have no limit (the gradient there is autograd's convention,
-    ReLU'(0) = 0, and equals the official one: test_grad_parity_float64)."""
+    ReLU'(0) = 0, and equals the official one: test_grad_parity_float64). Nor exactly
+    constant images: equal values tie in every max-pool window, another kink (seen: 0.8%
+    off); a nearly flat one is checked instead."""
     m = lpips_jax.min_size("squeeze")
     rng = np.random.default_rng(2)
     size = (m + 3, m + 6) if point == "other size" else (m, m)
     x = rng.uniform(-1, 1, (1, *size, 3))
     y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1)
-    if point == "constant x":
-        x = np.full_like(x, 0.3)
+    if point == "nearly flat x":
+        x = -0.9 + 0.01 * x  # a dark, almost constant image (exactly constant: see above)
     with jax.enable_x64(True):
         args = (to_f64(squeeze_params()), jnp.asarray(x), jnp.asarray(y))
         check_grads(_sum_distance, args, order=1, modes=("fwd", "rev"), eps=1e-7)
