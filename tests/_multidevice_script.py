@@ -35,9 +35,7 @@ def rel(a, b) -> float:
 
 
 def tree_rel(a, b) -> float:
-    return max(
-        rel(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-    )
+    return max(rel(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
 def loss(p, x, y):
@@ -91,9 +89,7 @@ def main() -> None:
         # Mean over the global batch: local sum, then a sum over devices.
         return jax.lax.psum(lpips_jax.distance(p, a, b).sum(), "batch") / N
 
-    global_loss = jax.shard_map(
-        local_loss, mesh=mesh, in_specs=(P(), P("batch"), P("batch")), out_specs=P()
-    )
+    global_loss = jax.shard_map(local_loss, mesh=mesh, in_specs=(P(), P("batch"), P("batch")), out_specs=P())
     lsm, (gpsm, gxsm) = jax.jit(jax.value_and_grad(global_loss, (0, 1)))(ps, xs, ys)
     out["shard_map_loss_rel"] = rel(lsm, l1)
     out["shard_map_grad_x_rel"] = rel(gxsm, g1[1])

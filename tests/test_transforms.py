@@ -63,9 +63,7 @@ def _close_grad(a, b, what):
 
 
 def _close_tree(a, b, what):
-    for (path, u), v in zip(
-        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)
-    ):
+    for (path, u), v in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)):
         _close_grad(u, v, f"{what} {jax.tree_util.keystr(path)}")
 
 
@@ -142,13 +140,9 @@ def test_vmap_over_stacked_heads(params, pair):
     out = jax.jit(jax.vmap(lpips_jax.distance, in_axes=(axes, None, None)))(stacked, x, y)
     base = lpips_jax.distance(params, x, y)
     assert out.shape == (3, N)
-    np.testing.assert_allclose(
-        np.asarray(out), np.asarray(factors)[:, None] * np.asarray(base), rtol=RTOL
-    )
+    np.testing.assert_allclose(np.asarray(out), np.asarray(factors)[:, None] * np.asarray(base), rtol=RTOL)
     one = params.replace(heads=jax.tree_util.tree_map(lambda h: h[2], heads))
-    np.testing.assert_allclose(
-        np.asarray(out[2]), np.asarray(lpips_jax.distance(one, x, y)), rtol=RTOL
-    )
+    np.testing.assert_allclose(np.asarray(out[2]), np.asarray(lpips_jax.distance(one, x, y)), rtol=RTOL)
 
 
 def test_vmap_over_stacked_params_and_grad(params, pair):
@@ -266,9 +260,7 @@ def test_linen_module_equals_functions(params, pair):
         lambda a: a.shape, params.variables()
     )
     back = lpips_jax.to_params(params.variables(), net="alex")
-    np.testing.assert_allclose(
-        np.asarray(jax.jit(lpips_jax.distance)(back, x, y)), np.asarray(ref), rtol=0
-    )
+    np.testing.assert_allclose(np.asarray(jax.jit(lpips_jax.distance)(back, x, y)), np.asarray(ref), rtol=0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,9 +329,7 @@ def test_training_step_has_no_host_callbacks(params, pair):
     array values."""
     x, y = pair
     for kw in ({}, {"remat": True, "dtype": jnp.bfloat16}):
-        jaxpr = jax.make_jaxpr(jax.value_and_grad(functools.partial(_loss, **kw), (0, 1)))(
-            params, x, y
-        )
+        jaxpr = jax.make_jaxpr(jax.value_and_grad(functools.partial(_loss, **kw), (0, 1)))(params, x, y)
         prims = _primitives(jaxpr.jaxpr)
         assert "conv_general_dilated" in prims or "dot_general" in prims  # the walk works
         assert not [p for p in prims if "callback" in p or p in ("debug_print",)], prims
