@@ -16,6 +16,8 @@ EXAMPLES = REPO.parent / "shared" / "data" / "lpips_examples"
 
 # Strict dtype promotion: no silent float64/int promotion inside the library.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+# Parity at 1e-5 needs full float32 convs and matmuls: on GPUs the default would be TF32.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def trunk_state_dict(params) -> dict:
