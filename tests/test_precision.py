@@ -119,6 +119,8 @@ def test_precision_highest_reaches_every_contraction(alex_params):
 
     ops = _contractions(jax.value_and_grad(lambda p, a: f(p, a, "highest")), alex_params, x)
     assert ops and all(prec == (highest, highest) for _, prec in ops), ops
-    default = _contractions(lambda p, a: f(p, a, None), alex_params, x)
+    # conftest sets "highest" as the session default: look at JAX's own default here.
+    with jax.default_matmul_precision("default"):
+        default = _contractions(lambda p, a: f(p, a, None), alex_params, x)
     n_taps = len(lpips_jax.tap_channels("alex"))
     assert sum(prec == (highest, highest) for _, prec in default) == n_taps  # one head per tap

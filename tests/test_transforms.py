@@ -108,10 +108,14 @@ def test_no_retrace_for_new_values(params, pair):
         jax.block_until_ready(step(p, a, y))
     assert len(traces) == 1
 
+    # jit's cache is shared by every jax.jit(lpips_jax.distance) in the session (other
+    # tests add their shapes): count what these calls add.
     dist = jax.jit(lpips_jax.distance)
-    for k in range(3):
+    dist(params, x, y)
+    size = dist._cache_size()
+    for k in range(1, 4):
         dist(params, x * (1 - 0.1 * k), y)
-    assert dist._cache_size() == 1
+    assert dist._cache_size() == size
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,8 +290,8 @@ def _kept_bytes(loss, *args, argnums=(0,)):
 
 
 def test_backward_keeps_no_activations_of_y(params):
-    """With only x differentiated, the residuals are exactly those of the same loss with
-    y's features precomputed and passed in (so y's trunk keeps nothing), and smaller than
+    """With only x differentiated, the residuals are those of the same loss with y's
+    features precomputed and passed in (so y's trunk keeps nothing), and smaller than
     when y is differentiated too. Same for remat; remat keeps less than no remat."""
     img = jax.ShapeDtypeStruct((2, 128, 128, 3), jnp.float32)
     fy = jax.eval_shape(lpips_jax.features, params, img)
@@ -304,7 +308,9 @@ def test_backward_keeps_no_activations_of_y(params):
         kx = _kept_bytes(loss, params, img, img, argnums=(1,))
         kxy = _kept_bytes(loss, params, img, img, argnums=(1, 2))
         kf = _kept_bytes(loss_f, params, img, fy, argnums=(1,))
-        assert kx == kf, (remat, kx, kf)
+        # Equal but for the identity guard's boolean masks (_metric._zero_identical: one
+        # (N, h, w) mask per tap, here 13 kB); y's activations would be megabytes.
+        assert 0 <= kx - kf <= 32 * 1024, (remat, kx, kf)
         assert kxy > 1.5 * kx, (remat, kxy, kx)
         kept[remat] = kx
     assert kept[True] < kept[False]
