@@ -677,7 +677,7 @@ def test_scratch_mode_trains_the_trunk(mini):
     data = {k: np.stack([r[j] for r in rows]) for j, k in enumerate(("ref", "p0", "p1"))}
     data["judge"] = np.asarray([r[3] for r in rows], np.float32)
     res = lpips_jax.train(
-        data, mode="scratch", epochs=1, epochs_decay=0, batch_size=4, lr=1e-3, progress=False
+        data=data, mode="scratch", epochs=1, epochs_decay=0, batch_size=4, lr=1e-3, progress=False
     )
     assert len(res.history) == 1 and np.isfinite(res.history[0]["loss"])
     import jax
