@@ -1,4 +1,4 @@
-"""Loading and saving LPIPS params as safetensors (never pickle).
+"""Loading and saving LPIPS params as safetensors, the only format read at run time.
 
 File format: a safetensors file whose tensor names are ``/``-joined paths,
 ``trunk/features_{i}/kernel`` (HWIO), ``trunk/features_{i}/bias`` and, for SqueezeNet,

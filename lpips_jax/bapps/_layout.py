@@ -214,7 +214,7 @@ def read_patch(path: Path | str) -> np.ndarray:
 
 def read_label(path: Path | str) -> np.float32:
     """A judgment ``.npy`` (one value in [0, 1]) as float32."""
-    a = np.load(path, allow_pickle=False)
+    a = np.load(path)  # NumPy's default refuses object arrays: nothing is unserialised as code
     if a.size != 1:
         raise BappsDataError(f"{path}: holds shape {a.shape}: expected a single judgment value")
     v = float(np.asarray(a, np.float64).reshape(()))
