@@ -149,18 +149,26 @@ def features(
     _checks.check_images(x, x, params.net)
     _checks.check_range("x", x, normalize)
     xb, unbatched = _as_batch(x)
-    taps = _taps(params, xb, normalize, dtype, remat, precision)
+    taps = _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
     if unbatched:
         taps = tuple(t[0] for t in taps)
     return taps
 
 
-def _taps(params, xb, normalize, dtype, remat, precision):
-    xs = scale_inputs(_widen(xb), params.version, normalize)
-    dtype = _compute_dtype(dtype, xs, params.trunk)
-    trunk = _trunk_module(params, dtype, remat, precision)
-    raw = trunk.apply({"params": params.trunk}, xs)
-    return tuple(normalize_channels(t) for t in raw)
+def _trunk_fn(params, dtype, remat, precision):
+    """The trunk of ``params`` as a function of scaled images (returns the raw taps)."""
+
+    def apply(xs):
+        dt = _compute_dtype(dtype, xs, params.trunk)
+        return _trunk_module(params, dt, remat, precision).apply({"params": params.trunk}, xs)
+
+    return apply
+
+
+def _taps(trunk, version, xb, normalize):
+    """Scaling layer, ``trunk`` (a function or a bound module), unit-normalised taps."""
+    xs = scale_inputs(_widen(xb), version, normalize)
+    return tuple(normalize_channels(t) for t in trunk(xs))
 
 
 def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
@@ -199,12 +207,25 @@ def _zero_identical(maps, xb, yb):
     return tuple(jnp.where(same, jnp.zeros_like(m), m) for m in maps)
 
 
+def _pair_maps_with(trunk, params, xb, yb, normalize):
+    """Per-tap ``(N, h, w)`` maps of a batched pair; shared by the functions and ``LPIPS``."""
+    fx = _taps(trunk, params.version, xb, normalize)
+    fy = _taps(trunk, params.version, yb, normalize)
+    return _zero_identical(_head_maps(params, fx, fy), xb, yb)
+
+
 def _pair_maps(params, x, y, normalize, dtype, remat, precision):
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-    fx = _taps(params, xb, normalize, dtype, remat, precision)
-    fy = _taps(params, yb, normalize, dtype, remat, precision)
-    maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
-    return maps, xb.shape[1:3], unbatched
+    trunk = _trunk_fn(params, dtype, remat, precision)
+    return _pair_maps_with(trunk, params, xb, yb, normalize), xb.shape[1:3], unbatched
+
+
+def _layer_means(maps) -> list[jax.Array]:
+    return [jnp.mean(m, axis=(-2, -1)) for m in maps]
+
+
+def _total(per) -> jax.Array:
+    return sum(per[1:], per[0])
 
 
 def _unbatch(a, unbatched):
@@ -226,7 +247,7 @@ def layer_distances(
     Their sum is :func:`distance`.
     """
     maps, _, unbatched = _pair_maps(params, x, y, normalize, dtype, remat, precision)
-    return tuple(_unbatch(jnp.mean(m, axis=(-2, -1)), unbatched) for m in maps)
+    return tuple(_unbatch(d, unbatched) for d in _layer_means(maps))
 
 
 def distance(
@@ -256,7 +277,7 @@ def distance(
     per = layer_distances(
         params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision
     )
-    return sum(per[1:], per[0])
+    return _total(per)
 
 
 def distance_from_features(
@@ -273,9 +294,7 @@ def distance_from_features(
         raise ValueError(
             f"expected {n} feature taps for net {params.net!r}: got {len(fx)} and {len(fy)}"
         )
-    maps = _head_maps(params, fx, fy)
-    per = [jnp.mean(m, axis=(-2, -1)) for m in maps]
-    return sum(per[1:], per[0])
+    return _total(_layer_means(_head_maps(params, fx, fy)))
 
 
 def _upsample(m: jax.Array, hw: tuple[int, int]) -> jax.Array:
@@ -353,16 +372,12 @@ class LPIPS(nn.Module):
             trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips
         )
         params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-        xb, yb = _widen(xb), _widen(yb)
         trunk = _nets.Trunk(
-            net=self.net, dtype=_compute_dtype(self.dtype, xb, None), remat=self.remat,
+            net=self.net, dtype=_compute_dtype(self.dtype, _widen(xb), None), remat=self.remat,
             precision=self.precision, name="trunk",
         )  # fmt: skip
-        fx = tuple(normalize_channels(t) for t in trunk(scale_inputs(xb, self.version, normalize)))
-        fy = tuple(normalize_channels(t) for t in trunk(scale_inputs(yb, self.version, normalize)))
-        maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
-        per = [jnp.mean(m, axis=(-2, -1)) for m in maps]
-        return _unbatch(sum(per[1:], per[0]), unbatched)
+        maps = _pair_maps_with(trunk, params, xb, yb, normalize)
+        return _unbatch(_total(_layer_means(maps)), unbatched)
 
 
 def to_params(
