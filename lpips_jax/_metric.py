@@ -266,8 +266,9 @@ def distance(
       params: from :func:`lpips_jax.load`.
       x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``.
       normalize: inputs are in ``[0, 1]`` instead.
-      dtype: compute dtype of the trunk (e.g. ``jnp.bfloat16``); params stay float32,
-        normalisation and reductions run in float32.
+      dtype: compute dtype of the trunk (e.g. ``jnp.bfloat16``) after its first conv,
+        which stays float32; params stay float32, normalisation and reductions run in
+        float32.
       remat: recompute trunk activations in the backward pass (less memory).
       precision: ``jax.lax.Precision`` for the convolutions (e.g. ``"highest"`` on GPU).
 

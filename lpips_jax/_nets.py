@@ -293,6 +293,20 @@ class _FireModule(nn.Module):
         return jnp.concatenate([e1, e3], axis=-1)
 
 
+def _stem_dtype(dtype: Any) -> Any:
+    """Compute dtype of the first conv: at least float32.
+
+    With a bfloat16/float16 trunk, the first conv (on the image itself, 3 input channels)
+    still runs in float32 and hands its output on in ``dtype``. Rounding that layer's
+    weights to bfloat16 alone moves the 64x64 distance by up to 4e-2 (alex) and 1e-2 (vgg)
+    on photographs, more than all the other layers together; its cost is a small share of
+    the trunk (alex 13%, vgg <1% of the MACs at 64x64).
+    """
+    if dtype is None:
+        return None
+    return dtype if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 class Trunk(nn.Module):
     """One of the LPIPS trunks; ``net`` is ``"alex"``, ``"vgg"`` or ``"squeeze"``.
 
@@ -316,7 +330,7 @@ class Trunk(nn.Module):
                     layer.kernel,
                     layer.stride,
                     layer.padding,
-                    dtype=self.dtype,
+                    dtype=_stem_dtype(self.dtype) if layer.index == 0 else self.dtype,
                     precision=self.precision,
                     impl=self.impl,
                     name=f"features_{layer.index}",
@@ -354,7 +368,7 @@ class Trunk(nn.Module):
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
         if self.dtype is not None:
-            x = x.astype(self.dtype)
+            x = x.astype(_stem_dtype(self.dtype))
         taps = []
         for block in self._blocks():
             if self.remat:
