@@ -11,6 +11,7 @@ same table gives the shapes of the taps in pure Python (used for the minimum-siz
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +178,12 @@ def _im2col_rows_limit() -> int:
 # Measured on a 2-core x86 CPU with bench/bench_layers.py.
 _IM2COL_MAX_ROWS = 512
 _IM2COL_MAX_KERNEL = 5
+# 5x5 kernels (alex's second conv) on small maps (<= 8x8 per image): XLA's conv is slow
+# there at any batch (many tiny padded images); im2col up to 4096 rows was 9-10% faster for
+# the whole alex 64x64 batch-32 distance, forward and forward+backward (A/B interleaved in
+# one process), while at 31x31 (alex 256x256) XLA's conv stays ahead.
+_IM2COL_SMALL_MAP = 64
+_IM2COL_MAX_ROWS_K5 = 4096
 
 
 def _choose_impl(x_shape, k_shape, stride) -> str:
@@ -189,6 +197,8 @@ def _choose_impl(x_shape, k_shape, stride) -> str:
         return "im2col"  # a plain matmul
     if kh > _IM2COL_MAX_KERNEL:
         return "xla"
+    if kh == 5 and oh * ow <= _IM2COL_SMALL_MAP and n * oh * ow <= _IM2COL_MAX_ROWS_K5:
+        return "im2col"
     return "im2col" if n * oh * ow <= _im2col_rows_limit() else "xla"
 
 
@@ -205,49 +215,111 @@ def conv2d(
     """NHWC x HWIO convolution plus bias, as torch's ``Conv2d`` (symmetric zero padding).
 
     ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (explicit patches and
-    one matmul) or ``"auto"`` (per layer, by backend and output size).
+    one matmul), ``"s2d"`` (a strided conv rewritten as a stride-1 conv over
+    space-to-depth blocks) or ``"auto"``: per layer, by backend and output size; on the CPU
+    a strided conv with a large kernel (alex's first) then also differentiates through its
+    ``"s2d"`` form (see :func:`_strided_conv`). For squeeze's 3x3 stride-2 conv that form
+    costs more than it saves (its 4x4 padded kernel: forward+backward 8% slower).
     """
-    kh, kw, ci, co = kernel.shape
     p = padding
     if impl == "auto":
-        n, h, w, _ = x.shape
-        impl = _choose_impl((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
+        n, h, w, ci = x.shape
+        fwd = _choose_impl((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
+        if stride > 1 and kernel.shape[0] > _IM2COL_MAX_KERNEL and jax.default_backend() == "cpu":
+            return _strided_conv(x, kernel, stride, p, fwd, precision) + bias
+        impl = fwd
+    return _conv(x, kernel, stride, p, impl, precision) + bias
+
+
+def _conv(x, kernel, stride, p, impl, precision):
+    kh, kw, ci, co = kernel.shape
     if impl == "xla":
-        y = lax.conv_general_dilated(
+        return lax.conv_general_dilated(
             x, kernel, (stride, stride), ((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
         )  # fmt: skip
-    elif impl == "im2col":
-        xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
-        n, h, w, _ = xp.shape
-        oh = (h - kh) // stride + 1
-        ow = (w - kw) // stride + 1
-        if kh == 1 and kw == 1 and stride == 1:
-            patches = xp
-        else:
-            # Patches in two passes (kw slices along W, then kh along H): channel order
-            # (dy, dx, c), the order of the HWIO kernel reshaped to (kh*kw*ci, co).
-            wide = jnp.concatenate(
-                [
-                    lax.slice_in_dim(xp, dx, dx + stride * (ow - 1) + 1, stride, axis=2)
-                    for dx in range(kw)
-                ],
-                axis=-1,
-            )  # (N, h, ow, kw*ci)
-            patches = jnp.concatenate(
-                [
-                    lax.slice_in_dim(wide, dy, dy + stride * (oh - 1) + 1, stride, axis=1)
-                    for dy in range(kh)
-                ],
-                axis=-1,
-            )  # (N, oh, ow, kh*kw*ci)
-        y = lax.dot_general(
-            patches, kernel.reshape(kh * kw * ci, co),
-            (((3,), (0,)), ((), ())), precision=precision,
-        )  # fmt: skip
+    if impl == "s2d":
+        return _space_to_depth_conv(x, kernel, stride, p, precision)
+    if impl != "im2col":
+        raise ValueError(f"impl={impl!r}: expected 'auto', 'xla', 'im2col' or 's2d'")
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+    n, h, w, _ = xp.shape
+    oh = (h - kh) // stride + 1
+    ow = (w - kw) // stride + 1
+    if kh == 1 and kw == 1 and stride == 1:
+        patches = xp
     else:
-        raise ValueError(f"impl={impl!r}: expected 'auto', 'xla' or 'im2col'")
-    return y + bias
+        # Patches in two passes (kw slices along W, then kh along H): channel order
+        # (dy, dx, c), the order of the HWIO kernel reshaped to (kh*kw*ci, co).
+        wide = jnp.concatenate(
+            [
+                lax.slice_in_dim(xp, dx, dx + stride * (ow - 1) + 1, stride, axis=2)
+                for dx in range(kw)
+            ],
+            axis=-1,
+        )  # (N, h, ow, kw*ci)
+        patches = jnp.concatenate(
+            [
+                lax.slice_in_dim(wide, dy, dy + stride * (oh - 1) + 1, stride, axis=1)
+                for dy in range(kh)
+            ],
+            axis=-1,
+        )  # (N, oh, ow, kh*kw*ci)
+    return lax.dot_general(
+        patches, kernel.reshape(kh * kw * ci, co),
+        (((3,), (0,)), ((), ())), precision=precision,
+    )  # fmt: skip
+
+
+def _space_to_depth_conv(x, kernel, stride, p, precision):
+    """A stride-``s`` conv as a stride-1 conv over ``s x s`` blocks (space-to-depth).
+
+    The padded image is cut into ``s x s`` blocks stacked on the channel axis
+    (``s*s*C`` channels) and the kernel, zero-padded to a multiple of ``s``, likewise:
+    the same sums, over a ``ceil(k/s)``-wide kernel with stride 1.
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, co = kernel.shape
+    oh = (h + 2 * p - kh) // stride + 1
+    ow = (w + 2 * p - kw) // stride + 1
+    bh, bw = -(-kh // stride), -(-kw // stride)  # kernel size in blocks
+    hb, wb = oh + bh - 1, ow + bw - 1  # blocks of input needed
+    # Pad (or crop: rows past the last window are never read) to hb*s x wb*s.
+    xp = jnp.pad(x, ((0, 0), (p, max(hb * stride - h - p, 0)), (p, max(wb * stride - w - p, 0)), (0, 0)))
+    xp = xp[:, : hb * stride, : wb * stride]
+    xs = xp.reshape(n, hb, stride, wb, stride, c).transpose(0, 1, 3, 2, 4, 5)
+    xs = xs.reshape(n, hb, wb, stride * stride * c)
+    kp = jnp.pad(kernel, ((0, bh * stride - kh), (0, bw * stride - kw), (0, 0), (0, 0)))
+    ks = kp.reshape(bh, stride, bw, stride, c, co).transpose(0, 2, 1, 3, 4, 5)
+    ks = ks.reshape(bh, bw, stride * stride * c, co)
+    return _conv(xs, ks, 1, 0, "xla", precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+def _strided_conv(x, kernel, stride, p, impl, precision):
+    """A strided conv computed by ``impl``, differentiated through its space-to-depth form.
+
+    The value is ``impl``'s conv. Its derivatives (the JVP here, hence the VJP by
+    transposition) use the ``"s2d"`` form, an equal linear map: JAX's own transpose of
+    a stride-``s`` conv w.r.t. its input is a conv over an ``s``-dilated input, which
+    XLA:CPU runs slowly (alex's 11x11 stride-4 first conv: forward+backward at 256x256
+    batch 8, 63 ms -> 25 ms; 64x64 batch 32, 10.8 -> 4.8 ms; bench/bench_layers.py).
+    """
+    return _conv(x, kernel, stride, p, impl, precision)
+
+
+@functools.partial(_strided_conv.defjvp, symbolic_zeros=True)
+def _strided_conv_jvp(stride, p, impl, precision, primals, tangents):
+    x, kernel = primals
+    dx, dk = tangents
+    y = _conv(x, kernel, stride, p, impl, precision)
+    dy = None
+    if not isinstance(dx, SymbolicZero):
+        dy = _space_to_depth_conv(dx, kernel, stride, p, precision)
+    if not isinstance(dk, SymbolicZero):
+        t = _space_to_depth_conv(x, dk, stride, p, precision)
+        dy = t if dy is None else dy + t
+    return y, (jnp.zeros_like(y) if dy is None else dy)
 
 
 class _Conv(nn.Module):

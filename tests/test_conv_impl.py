@@ -1,0 +1,123 @@
+"""The two convolution implementations of the trunks (XLA's conv and im2col + matmul)
+against a direct float64 loop in NumPy, in value and in gradient, and the per-layer rule
+that picks between them.
+
+The trunk chooses per layer (``impl="auto"``, lpips_jax._nets._choose_impl); the parity
+tests reach each implementation only at the sizes where the rule picks it, so both are
+checked here on every kernel/stride/padding the three trunks use.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lpips_jax import _nets
+
+
+def _direct_conv(x, k, b, stride, pad):
+    """torch.nn.Conv2d's definition, written out: NHWC x HWIO, zero padding, float64."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    n, h, w, _ = x.shape
+    kh, kw, _, co = k.shape
+    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+    out = np.zeros((n, oh, ow, co))
+    for i in range(oh):
+        for j in range(ow):
+            win = x[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]
+            out[:, i, j, :] = np.einsum("nhwc,hwco->no", win, k.astype(np.float64))
+    return out + b.astype(np.float64)
+
+
+# (input N, H, W, C), kernel, stride, padding, Cout: the trunks' layer kinds at odd sizes.
+CASES = [
+    ((2, 23, 19, 3), 11, 4, 2, 8),  # alex conv1
+    ((3, 7, 6, 5), 5, 1, 2, 4),  # alex conv2 on a small map
+    ((2, 5, 5, 6), 3, 1, 1, 7),  # vgg / alex 3x3
+    ((1, 9, 8, 3), 3, 2, 0, 4),  # squeeze conv1
+    ((2, 4, 3, 6), 1, 1, 0, 5),  # squeeze 1x1
+]
+
+
+@pytest.mark.parametrize("impl", ["xla", "im2col", "s2d", "auto"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}x{c[1]}s{c[2]}p{c[3]}")
+def test_conv_matches_direct_definition(case, impl):
+    xs, kk, s, p, co = case
+    rng = np.random.default_rng(sum(xs) + kk)
+    x = rng.standard_normal(xs)
+    k = rng.standard_normal((kk, kk, xs[-1], co))
+    b = rng.standard_normal(co)
+    want = _direct_conv(x, k, b, s, p)
+    with jax.enable_x64():
+        got = _nets.conv2d(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), s, p, impl=impl)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
+
+        # Gradient w.r.t. input and kernel of <conv(x, k), g>: the adjoints, by hand.
+        g = rng.standard_normal(want.shape)
+
+        def loss(x_, k_):
+            return jnp.sum(_nets.conv2d(x_, k_, jnp.asarray(b), s, p, impl=impl) * g)
+
+        gx, gk = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
+    # d/dk[a,b,c,o] = sum_{n,i,j} xpad[n, i*s+a, j*s+b, c] * g[n,i,j,o]; d/dx by scatter.
+    xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    want_gk = np.zeros_like(k)
+    want_gxp = np.zeros_like(xp)
+    oh, ow = want.shape[1:3]
+    for i in range(oh):
+        for j in range(ow):
+            win = xp[:, i * s : i * s + kk, j * s : j * s + kk, :]
+            want_gk += np.einsum("nhwc,no->hwco", win, g[:, i, j, :])
+            want_gxp[:, i * s : i * s + kk, j * s : j * s + kk, :] += np.einsum(
+                "hwco,no->nhwc", k, g[:, i, j, :]
+            )
+    want_gx = want_gxp[:, p : p + xs[1], p : p + xs[2], :]
+    np.testing.assert_allclose(np.asarray(gk), want_gk, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-11, atol=1e-11)
+
+
+def test_unknown_impl_is_refused():
+    x = jnp.zeros((1, 4, 4, 3))
+    k = jnp.zeros((3, 3, 3, 2))
+    with pytest.raises(ValueError, match="impl='fft'.*'s2d'"):
+        _nets.conv2d(x, k, jnp.zeros(2), 1, 1, impl="fft")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is for XLA:CPU")
+def test_rule_on_cpu():
+    """The measured rule (bench/bench_layers.py): im2col for 1x1 convs, for small outputs
+    (<= 512 rows), and for alex's 5x5 conv on maps of <= 8x8 up to 4096 rows; XLA's conv
+    for large kernels and large outputs."""
+    choose = _nets._choose_impl
+    assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == "im2col"
+    assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == "xla"  # kernel 11: always XLA
+    assert choose((1, 10, 10, 512), (3, 3, 512, 512), 1) == "im2col"  # 8x8 output, 64 rows
+    assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == "xla"  # 2048 rows
+    assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == "im2col"  # alex 64x64 b32
+    assert choose((128, 11, 11, 64), (5, 5, 64, 192), 1) == "xla"  # 6272 rows
+    assert choose((1, 35, 35, 64), (5, 5, 64, 192), 1) == "xla"  # alex 256x256: 31x31
+
+
+def test_strided_conv_derivatives_of_every_order():
+    """On the CPU a strided conv differentiates through its space-to-depth form (a
+    custom JVP): forward mode, reverse mode and second order all equal XLA's own conv."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 19, 17, 3))
+    k = rng.standard_normal((11, 11, 3, 4))
+    b = np.zeros(4)
+    with jax.enable_x64():
+        x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
+
+        def f(impl):
+            return lambda x_, k_: jnp.sum(jnp.tanh(_nets.conv2d(x_, k_, b, 4, 2, impl=impl)))
+
+        tx, tk = jnp.ones_like(x), jnp.full_like(k, 0.5)
+        for impl in ("auto", "s2d"):
+            got = jax.jvp(f(impl), (x, k), (tx, tk))
+            want = jax.jvp(f("xla"), (x, k), (tx, tk))
+            np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+            hv = jax.jvp(jax.grad(f(impl)), (x, k), (tx, tk))[1]
+            hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
+            np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
