@@ -1,17 +1,25 @@
-"""Per-layer timing of the two conv implementations on this machine (XLA conv vs im2col).
+"""Per-layer timing of the conv implementations on this machine (XLA conv vs im2col).
 
     python bench/bench_layers.py [--nets alex,vgg] [--configs 64x1,64x32,256x1,256x8]
+    python bench/bench_layers.py --torch     # add PyTorch's conv (oneDNN) per layer
 
 For each conv of each trunk at each (size, batch), times forward and forward+backward
-(gradient w.r.t. the layer input, as when LPIPS is a loss) of ``impl="xla"`` and
-``impl="im2col"`` interleaved, and prints the rows of the matmul (N*oh*ow) beside the
-winner. The rule in ``lpips_jax._nets._choose_impl`` was set from this table.
+(gradient w.r.t. the layer input, as when LPIPS is a loss) of ``impl="xla"``,
+``impl="im2col"`` and ``impl="auto"`` (what the trunk runs: for alex's first conv, XLA's
+conv differentiated through its space-to-depth form), and prints the rows of the matmul
+(N*oh*ow) beside the winner. The rule in ``lpips_jax._nets._choose_impl`` was set from this
+table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
+subprocess (all cores), so that each layer's gap to the official package's kernels shows.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -50,19 +58,59 @@ def layer_shapes(net, size, batch):
     return out
 
 
+def _torch_times(nets, configs):
+    """{(net, cfg, layer, mode): seconds} of torch's conv2d + ReLU, in this process."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    out = {}
+    for net in nets:
+        for cfg in configs:
+            size, batch = map(int, cfg.split("x"))
+            for i, (xs, ks, s, p) in enumerate(layer_shapes(net, size, batch)):
+                x = torch.randn(xs[0], xs[3], xs[1], xs[2])
+                w = torch.randn(ks[3], ks[2], ks[0], ks[1]) * 0.05
+                b = torch.zeros(ks[3])
+                xg = x.clone().requires_grad_(True)
+
+                def fwd():
+                    with torch.no_grad():
+                        torch.relu(torch.nn.functional.conv2d(x, w, b, s, p))
+
+                def bwd():
+                    xg.grad = None
+                    (torch.relu(torch.nn.functional.conv2d(xg, w, b, s, p)) ** 2).sum().backward()
+
+                out[f"{net}/{cfg}/{i}/fwd"] = _time(fwd)
+                out[f"{net}/{cfg}/{i}/bwd"] = _time(bwd)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nets", default="alex,vgg")
     ap.add_argument("--configs", default="64x1,64x32,256x1,256x8")
+    ap.add_argument("--torch", action="store_true", help="add torch's conv2d per layer")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    nets, configs = args.nets.split(","), args.configs.split(",")
+    if args.torch_worker:
+        print(json.dumps(_torch_times(nets, configs)))
+        return
+    ref = {}
+    if args.torch:
+        cmd = [sys.executable, __file__, "--torch-worker", "--nets", args.nets, "--configs", args.configs]
+        ref = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     rng = np.random.default_rng(0)
+    impls = ("xla", "im2col", "auto")
     print(
-        f"{'net':5}{'cfg':>8}{'in':>22}{'k':>4}{'s':>3}{'rows':>8}  mode   xla ms  im2col ms  best"
+        f"{'net':5}{'cfg':>8}{'in':>22}{'k':>4}{'s':>3}{'rows':>8}  mode   xla ms  im2col ms"
+        f"  auto ms  best" + ("  torch ms  auto/torch" if ref else "")
     )
-    for net in args.nets.split(","):
-        for cfg in args.configs.split(","):
+    for net in nets:
+        for cfg in configs:
             size, batch = map(int, cfg.split("x"))
-            for xs, ks, s, p in layer_shapes(net, size, batch):
+            for i, (xs, ks, s, p) in enumerate(layer_shapes(net, size, batch)):
                 x = jnp.asarray(rng.standard_normal(xs).astype(np.float32))
                 k = jnp.asarray(rng.standard_normal(ks).astype(np.float32) * 0.05)
                 b = jnp.zeros((ks[-1],), jnp.float32)
@@ -70,7 +118,7 @@ def main():
                 rows = xs[0] * oh * oh
                 for mode in ("fwd", "bwd"):
                     res = {}
-                    for impl in ("xla", "im2col"):
+                    for impl in impls:
 
                         def f(x, k, b, impl=impl):
                             return jax.nn.relu(_nets.conv2d(x, k, b, s, p, impl=impl))
@@ -80,12 +128,16 @@ def main():
                         else:
                             g = jax.jit(jax.grad(lambda x, k, b, f=f: (f(x, k, b) ** 2).sum()))
                         res[impl] = _time(g, x, k, b)
-                    best = min(res, key=res.get)
-                    print(
+                    best = min(("xla", "im2col"), key=res.get)
+                    line = (
                         f"{net:5}{cfg:>8}{str(xs):>22}{ks[0]:>4}{s:>3}{rows:>8}  {mode:5}"
-                        f"{res['xla'] * 1e3:8.3f}{res['im2col'] * 1e3:11.3f}  {best}",
-                        flush=True,
+                        f"{res['xla'] * 1e3:8.3f}{res['im2col'] * 1e3:11.3f}"
+                        f"{res['auto'] * 1e3:9.3f}  {best:6}"
                     )
+                    if ref:
+                        t = ref[f"{net}/{cfg}/{i}/{mode}"]
+                        line += f"{t * 1e3:10.3f}{res['auto'] / t:12.2f}"
+                    print(line, flush=True)
 
 
 if __name__ == "__main__":

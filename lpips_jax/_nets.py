@@ -286,9 +286,18 @@ def _space_to_depth_conv(x, kernel, stride, p, precision):
     hb, wb = oh + bh - 1, ow + bw - 1  # blocks of input needed
     # Pad (or crop: rows past the last window are never read) to hb*s x wb*s.
     xp = jnp.pad(x, ((0, 0), (p, max(hb * stride - h - p, 0)), (p, max(wb * stride - w - p, 0)), (0, 0)))
-    xp = xp[:, : hb * stride, : wb * stride]
-    xs = xp.reshape(n, hb, stride, wb, stride, c).transpose(0, 1, 3, 2, 4, 5)
-    xs = xs.reshape(n, hb, wb, stride * stride * c)
+    step = (1, stride, stride, 1)
+    last_h, last_w = stride * (hb - 1) + 1, stride * (wb - 1) + 1
+    # Strided slices rather than a reshape of the image: a reshape that splits H and W
+    # has no sharding rule under explicit (shard_map / mesh) sharding of the batch.
+    xs = jnp.concatenate(
+        [
+            lax.slice(xp, (0, i, j, 0), (n, i + last_h, j + last_w, c), step)
+            for i in range(stride)
+            for j in range(stride)
+        ],
+        axis=-1,
+    )  # (N, hb, wb, s*s*C), channels in (i, j, c) order like the kernel below
     kp = jnp.pad(kernel, ((0, bh * stride - kh), (0, bw * stride - kw), (0, 0), (0, 0)))
     ks = kp.reshape(bh, stride, bw, stride, c, co).transpose(0, 2, 1, 3, 4, 5)
     ks = ks.reshape(bh, bw, stride * stride * c, co)
