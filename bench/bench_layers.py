@@ -5,9 +5,10 @@
 
 For each conv of each trunk at each (size, batch), times forward and forward+backward
 (gradient w.r.t. the layer input, as when LPIPS is a loss) of ``impl="xla"``,
-``impl="im2col"`` and ``impl="auto"`` (what the trunk runs: for alex's first conv, XLA's
-conv differentiated through its space-to-depth form), and prints the rows of the matmul
-(N*oh*ow) beside the winner. The rule in ``lpips_jax._nets._choose_impl`` was set from this
+``impl="im2col"``, ``xla>im2col`` (XLA's conv forward, differentiated through im2col: the
+custom JVP ``_split_conv``) and ``impl="auto"`` (what the trunk runs), one after another
+in one process, and prints the rows of the matmul (N*oh*ow) beside the winner. The rule
+in ``lpips_jax._nets._choose_impls`` was set from such a
 table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
 subprocess (all cores), so that each layer's gap to the official package's kernels shows.
 """
@@ -102,10 +103,10 @@ def main():
         cmd = [sys.executable, __file__, "--torch-worker", "--nets", args.nets, "--configs", args.configs]
         ref = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     rng = np.random.default_rng(0)
-    impls = ("xla", "im2col", "auto")
+    impls = ("xla", "im2col", "xla>im2col", "auto")
     print(
         f"{'net':5}{'cfg':>8}{'in':>22}{'k':>4}{'s':>3}{'rows':>8}  mode   xla ms  im2col ms"
-        f"  auto ms  best" + ("  torch ms  auto/torch" if ref else "")
+        f"  split ms  auto ms  best" + ("  torch ms  auto/torch" if ref else "")
     )
     for net in nets:
         for cfg in configs:
@@ -121,18 +122,22 @@ def main():
                     for impl in impls:
 
                         def f(x, k, b, impl=impl):
-                            return jax.nn.relu(_nets.conv2d(x, k, b, s, p, impl=impl))
+                            if impl == "xla>im2col":
+                                y = _nets._split_conv(x, k, s, p, "xla", "im2col", None) + b
+                            else:
+                                y = _nets.conv2d(x, k, b, s, p, impl=impl)
+                            return jax.nn.relu(y)
 
                         if mode == "fwd":
                             g = jax.jit(f)
                         else:
                             g = jax.jit(jax.grad(lambda x, k, b, f=f: (f(x, k, b) ** 2).sum()))
                         res[impl] = _time(g, x, k, b)
-                    best = min(("xla", "im2col"), key=res.get)
+                    best = min(("xla", "im2col", "xla>im2col"), key=res.get)
                     line = (
                         f"{net:5}{cfg:>8}{str(xs):>22}{ks[0]:>4}{s:>3}{rows:>8}  {mode:5}"
                         f"{res['xla'] * 1e3:8.3f}{res['im2col'] * 1e3:11.3f}"
-                        f"{res['auto'] * 1e3:9.3f}  {best:6}"
+                        f"{res['xla>im2col'] * 1e3:10.3f}{res['auto'] * 1e3:9.3f}  {best:10}"
                     )
                     if ref:
                         t = ref[f"{net}/{cfg}/{i}/{mode}"]

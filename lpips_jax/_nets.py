@@ -167,39 +167,53 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
     )
 
 
-def _im2col_rows_limit() -> int:
-    return _IM2COL_MAX_ROWS
-
-
-# On XLA:CPU, a conv as one matmul over explicit patches (im2col) beats XLA's own conv
-# when the output has few positions (deep layers of small images at small batches: e.g.
-# vgg 8x8x512 at batch 1, backward 2-3x faster); for larger outputs XLA's conv wins, and
-# large kernels (alex's 11x11) make the patch gathering slow to compile and to run.
-# Measured on a 2-core x86 CPU with bench/bench_layers.py.
-_IM2COL_MAX_ROWS = 512
+# The conv implementation of each layer on XLA:CPU, chosen for the forward pass and for
+# the derivatives separately (a custom JVP, :func:`_split_conv`, joins the two), from
+# per-layer timings of every conv of alex and vgg at 64x64 batch 1 and 32, 256x256 batch 1
+# and 8, each variant interleaved in one process on a 2-core x86 CPU (bench/bench_layers.py
+# prints such a table). What they showed:
+# - im2col (explicit patches and one matmul) beats XLA's conv, forward and backward, when
+#   the output has few positions: <= 128 rows (N*oh*ow), or maps of <= 4x4 per image up to
+#   512 rows (vgg's deepest block at 64x64, alex's 3x3 maps at batch 32; backward up to
+#   3x faster), and alex's 5x5 conv on maps of <= 8x8 up to 4096 rows (the whole alex
+#   64x64 batch-32 distance 9-10% faster).
+# - From 225 to 1024 rows with patches of <= 10 MB (16x16 maps at batch 1, alex 256x256 at
+#   batch 1), XLA's conv wins the forward pass and im2col the backward: 10-30% less time
+#   for that layer's forward+backward than either alone.
+# - The first conv (3 input channels) is cheapest forward in XLA, backward in im2col
+#   (vgg 64x64 batch 32: 49 -> 38 ms for that layer's forward+backward).
+# - Larger outputs: XLA's conv, both ways (im2col's patches cost more than they save).
+# - Kernels larger than 5 (alex's 11x11 stride-4 first conv): XLA's conv forward; for the
+#   derivatives, the space-to-depth form (see _split_conv).
 _IM2COL_MAX_KERNEL = 5
-# 5x5 kernels (alex's second conv) on small maps (<= 8x8 per image): XLA's conv is slow
-# there at any batch (many tiny padded images); im2col up to 4096 rows was 9-10% faster for
-# the whole alex 64x64 batch-32 distance, forward and forward+backward (A/B interleaved in
-# one process), while at 31x31 (alex 256x256) XLA's conv stays ahead.
-_IM2COL_SMALL_MAP = 64
-_IM2COL_MAX_ROWS_K5 = 4096
+_SMALL_ROWS = 128
+_TINY_MAP, _TINY_MAP_ROWS = 16, 512
+_K5_MAP, _K5_ROWS = 64, 4096
+_SPLIT_ROWS, _SPLIT_PATCH = 1024, 10 * 2**20 // 4  # rows; patch elements (10 MB float32)
 
 
-def _choose_impl(x_shape, k_shape, stride) -> str:
+def _choose_impls(x_shape, k_shape, stride) -> tuple[str, str]:
+    """``(forward impl, derivative impl)`` of a conv on a (padded) input of ``x_shape``."""
     if jax.default_backend() != "cpu":
-        return "xla"
-    n, h, w, _ = x_shape
+        return "xla", "xla"
+    n, h, w, ci = x_shape
     kh, kw = k_shape[0], k_shape[1]
     oh = (h - kh) // stride + 1
     ow = (w - kw) // stride + 1
+    rows, area = n * oh * ow, oh * ow
     if kh == 1 and kw == 1:
-        return "im2col"  # a plain matmul
+        return "im2col", "im2col"  # a plain matmul
     if kh > _IM2COL_MAX_KERNEL:
-        return "xla"
-    if kh == 5 and oh * ow <= _IM2COL_SMALL_MAP and n * oh * ow <= _IM2COL_MAX_ROWS_K5:
-        return "im2col"
-    return "im2col" if n * oh * ow <= _im2col_rows_limit() else "xla"
+        return "xla", ("s2d" if stride > 1 else "xla")
+    if (
+        rows <= _SMALL_ROWS
+        or (area <= _TINY_MAP and rows <= _TINY_MAP_ROWS)
+        or (kh == 5 and area <= _K5_MAP and rows <= _K5_ROWS)
+    ):
+        return "im2col", "im2col"
+    if stride == 1 and (ci <= 4 or (rows <= _SPLIT_ROWS and rows * kh * kw * ci <= _SPLIT_PATCH)):
+        return "xla", "im2col"
+    return "xla", "xla"
 
 
 def conv2d(
@@ -216,17 +230,15 @@ def conv2d(
 
     ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (explicit patches and
     one matmul), ``"s2d"`` (a strided conv rewritten as a stride-1 conv over
-    space-to-depth blocks) or ``"auto"``: per layer, by backend and output size; on the CPU
-    a strided conv with a large kernel (alex's first) then also differentiates through its
-    ``"s2d"`` form (see :func:`_strided_conv`). For squeeze's 3x3 stride-2 conv that form
-    costs more than it saves (its 4x4 padded kernel: forward+backward 8% slower).
+    space-to-depth blocks) or ``"auto"``: per layer, by backend and shapes, for the forward
+    pass and for the derivatives separately (see :func:`_choose_impls`, :func:`_split_conv`).
     """
     p = padding
     if impl == "auto":
         n, h, w, ci = x.shape
-        fwd = _choose_impl((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
-        if stride > 1 and kernel.shape[0] > _IM2COL_MAX_KERNEL and jax.default_backend() == "cpu":
-            return _strided_conv(x, kernel, stride, p, fwd, precision) + bias
+        fwd, jvp = _choose_impls((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
+        if fwd != jvp:
+            return _split_conv(x, kernel, stride, p, fwd, jvp, precision) + bias
         impl = fwd
     return _conv(x, kernel, stride, p, impl, precision) + bias
 
@@ -304,29 +316,31 @@ def _space_to_depth_conv(x, kernel, stride, p, precision):
     return _conv(xs, ks, 1, 0, "xla", precision)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
-def _strided_conv(x, kernel, stride, p, impl, precision):
-    """A strided conv computed by ``impl``, differentiated through its space-to-depth form.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _split_conv(x, kernel, stride, p, impl, jvp_impl, precision):
+    """A conv whose value is computed by ``impl`` and its derivatives by ``jvp_impl``.
 
-    The value is ``impl``'s conv. Its derivatives (the JVP here, hence the VJP by
-    transposition) use the ``"s2d"`` form, an equal linear map: JAX's own transpose of
-    a stride-``s`` conv w.r.t. its input is a conv over an ``s``-dilated input, which
-    XLA:CPU runs slowly (alex's 11x11 stride-4 first conv: forward+backward at 256x256
-    batch 8, 63 ms -> 25 ms; 64x64 batch 32, 10.8 -> 4.8 ms; bench/bench_layers.py).
+    Both compute the same linear map, so the JVP (and the VJP, JAX's transpose of it) is
+    exact either way; the split lets the forward pass and the backward pass each run the
+    implementation that is fastest for them. On the CPU: alex's 11x11 stride-4 first conv
+    differentiates through its space-to-depth form (JAX's own transpose of a stride-4 conv
+    w.r.t. its input is a conv over a 4-dilated input, which XLA:CPU runs slowly: that
+    layer's forward+backward at 256x256 batch 8 went from 63 ms to 25 ms, at 64x64 batch
+    32 from 10.8 to 4.8 ms).
     """
     return _conv(x, kernel, stride, p, impl, precision)
 
 
-@functools.partial(_strided_conv.defjvp, symbolic_zeros=True)
-def _strided_conv_jvp(stride, p, impl, precision, primals, tangents):
+@functools.partial(_split_conv.defjvp, symbolic_zeros=True)
+def _split_conv_jvp(stride, p, impl, jvp_impl, precision, primals, tangents):
     x, kernel = primals
     dx, dk = tangents
     y = _conv(x, kernel, stride, p, impl, precision)
     dy = None
     if not isinstance(dx, SymbolicZero):
-        dy = _space_to_depth_conv(dx, kernel, stride, p, precision)
+        dy = _conv(dx, kernel, stride, p, jvp_impl, precision)
     if not isinstance(dk, SymbolicZero):
-        t = _space_to_depth_conv(x, dk, stride, p, precision)
+        t = _conv(x, dk, stride, p, jvp_impl, precision)
         dy = t if dy is None else dy + t
     return y, (jnp.zeros_like(y) if dy is None else dy)
 

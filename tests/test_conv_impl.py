@@ -2,7 +2,7 @@
 against a direct float64 loop in NumPy, in value and in gradient, and the per-layer rule
 that picks between them.
 
-The trunk chooses per layer (``impl="auto"``, lpips_jax._nets._choose_impl); the parity
+The trunk chooses per layer (``impl="auto"``, lpips_jax._nets._choose_impls); the parity
 tests reach each implementation only at the sizes where the rule picks it, so both are
 checked here on every kernel/stride/padding the three trunks use.
 """
@@ -87,17 +87,24 @@ def test_unknown_impl_is_refused():
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is for XLA:CPU")
 def test_rule_on_cpu():
-    """The measured rule (bench/bench_layers.py): im2col for 1x1 convs, for small outputs
-    (<= 512 rows), and for alex's 5x5 conv on maps of <= 8x8 up to 4096 rows; XLA's conv
-    for large kernels and large outputs."""
-    choose = _nets._choose_impl
-    assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == "im2col"
-    assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == "xla"  # kernel 11: always XLA
-    assert choose((1, 10, 10, 512), (3, 3, 512, 512), 1) == "im2col"  # 8x8 output, 64 rows
-    assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == "xla"  # 2048 rows
-    assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == "im2col"  # alex 64x64 b32
-    assert choose((128, 11, 11, 64), (5, 5, 64, 192), 1) == "xla"  # 6272 rows
-    assert choose((1, 35, 35, 64), (5, 5, 64, 192), 1) == "xla"  # alex 256x256: 31x31
+    """The measured rule (lpips_jax/_nets.py, bench/bench_layers.py), as (forward,
+    derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
+    for mid-size outputs and the first conv; XLA's conv for large outputs; for alex's 11x11
+    stride-4 conv, XLA forward and the space-to-depth form for the derivatives."""
+    choose = _nets._choose_impls
+    both = ("im2col", "im2col")
+    assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == both
+    assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == ("xla", "s2d")
+    assert choose((1, 10, 10, 512), (3, 3, 512, 512), 1) == both  # 8x8 output, 64 rows
+    assert choose((32, 6, 6, 512), (3, 3, 512, 512), 1) == both  # 4x4 maps, 512 rows
+    assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == both  # alex 64x64 b32
+    assert choose((1, 18, 18, 256), (3, 3, 256, 256), 1) == ("xla", "im2col")  # 16x16 b1
+    assert choose((1, 35, 35, 64), (5, 5, 64, 192), 1) == ("xla", "im2col")  # alex 256 b1
+    assert choose((1, 66, 66, 3), (3, 3, 3, 64), 1) == ("xla", "im2col")  # vgg's first conv
+    assert choose((1, 34, 34, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 19 MB patches
+    assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 2048 rows
+    assert choose((128, 11, 11, 64), (5, 5, 64, 192), 1) == ("xla", "xla")  # 6272 rows
+    assert choose((1, 65, 65, 3), (3, 3, 3, 64), 2) == ("xla", "xla")  # squeeze's first
 
 
 def test_strided_conv_derivatives_of_every_order():
