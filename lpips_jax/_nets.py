@@ -181,7 +181,8 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
 #   batch 1), XLA's conv wins the forward pass and im2col the backward: 10-30% less time
 #   for that layer's forward+backward than either alone.
 # - The first conv (3 input channels) is cheapest forward in XLA, backward in im2col
-#   (vgg 64x64 batch 32: 49 -> 38 ms for that layer's forward+backward).
+#   (vgg 64x64 batch 32: 49 -> 38 ms for that layer's forward+backward); capped at 16 MB
+#   of patches, so that large images don't pay in memory (1024x1024: 108 MB).
 # - Larger outputs: XLA's conv, both ways (im2col's patches cost more than they save).
 # - Kernels larger than 5 (alex's 11x11 stride-4 first conv): XLA's conv forward; for the
 #   derivatives, the space-to-depth form (see _split_conv).
@@ -190,6 +191,7 @@ _SMALL_ROWS = 128
 _TINY_MAP, _TINY_MAP_ROWS = 16, 512
 _K5_MAP, _K5_ROWS = 64, 4096
 _SPLIT_ROWS, _SPLIT_PATCH = 1024, 10 * 2**20 // 4  # rows; patch elements (10 MB float32)
+_STEM_PATCH = 16 * 2**20 // 4  # the first conv's patches up to 16 MB (e.g. 256x256 batch 2)
 
 
 def _choose_impls(x_shape, k_shape, stride) -> tuple[str, str]:
@@ -211,7 +213,10 @@ def _choose_impls(x_shape, k_shape, stride) -> tuple[str, str]:
         or (kh == 5 and area <= _K5_MAP and rows <= _K5_ROWS)
     ):
         return "im2col", "im2col"
-    if stride == 1 and (ci <= 4 or (rows <= _SPLIT_ROWS and rows * kh * kw * ci <= _SPLIT_PATCH)):
+    patch = rows * kh * kw * ci  # elements of im2col's patch matrix
+    if stride == 1 and (
+        (ci <= 4 and patch <= _STEM_PATCH) or (rows <= _SPLIT_ROWS and patch <= _SPLIT_PATCH)
+    ):
         return "xla", "im2col"
     return "xla", "xla"
 

@@ -101,6 +101,7 @@ def test_rule_on_cpu():
     assert choose((1, 18, 18, 256), (3, 3, 256, 256), 1) == ("xla", "im2col")  # 16x16 b1
     assert choose((1, 35, 35, 64), (5, 5, 64, 192), 1) == ("xla", "im2col")  # alex 256 b1
     assert choose((1, 66, 66, 3), (3, 3, 3, 64), 1) == ("xla", "im2col")  # vgg's first conv
+    assert choose((1, 1026, 1026, 3), (3, 3, 3, 64), 1) == ("xla", "xla")  # ... up to 16 MB
     assert choose((1, 34, 34, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 19 MB patches
     assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 2048 rows
     assert choose((128, 11, 11, 64), (5, 5, 64, 192), 1) == ("xla", "xla")  # 6272 rows
