@@ -8,7 +8,9 @@ Each side runs in its own long-lived worker subprocess; the parent hands the wor
 configuration at a time, in alternating rounds (ours, official, ours, official, ...), so
 neither side's thread pool competes with the other's. Per configuration and side: warm-up
 calls excluded, then the median of ``--repeats`` timed blocks, each a loop of calls long
-enough to take >= ``--min-time`` seconds. Forward: the official model in eval mode under
+enough to take >= ``--min-time`` seconds; pairs/s from the median over ``--rounds``
+rounds, and the ratio ours/official as the median of the per-round ratios (each round
+times both sides back to back). Forward: the official model in eval mode under
 ``torch.no_grad()``; ours ``jax.jit(distance)``. Forward+backward: the gradient of the
 summed distance w.r.t. x (``jax.value_and_grad``; torch ``.backward()`` on x with
 ``requires_grad``). Compile time of ours is timed separately (lower + compile).
@@ -238,7 +240,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--nets", default=None, help="comma-separated subset of alex,vgg,squeeze")
     ap.add_argument("--modes", default="fwd,fwdbwd")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds per config")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks per round (median)")
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
     ap.add_argument("--json", help="write results here")
@@ -285,9 +287,13 @@ def main(argv=None):
                     flops = r["flops"]
                     t_off.append(official.run(**common)["time"])
                 to, tf = statistics.median(t_ours), statistics.median(t_off)
+                # Each round times both sides back to back: the median of the per-round
+                # ratios follows the machine's drifts (shared hosts) better than the ratio
+                # of the two medians.
+                ratio = statistics.median(b / a for a, b in zip(t_ours, t_off))
                 row = dict(
                     net=net, size=size, batch=batch, mode=mode,
-                    ours_pairs_s=batch / to, official_pairs_s=batch / tf, ratio=tf / to,
+                    ours_pairs_s=batch / to, official_pairs_s=batch / tf, ratio=ratio,
                     compile_s=comp, flops=flops, frac_peak=flops / to / peak,
                 )  # fmt: skip
                 rows.append(row)
