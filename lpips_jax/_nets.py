@@ -301,7 +301,7 @@ def _space_to_depth_conv(x, kernel, stride, p, precision):
     ow = (w + 2 * p - kw) // stride + 1
     bh, bw = -(-kh // stride), -(-kw // stride)  # kernel size in blocks
     hb, wb = oh + bh - 1, ow + bw - 1  # blocks of input needed
-    # Pad (or crop: rows past the last window are never read) to hb*s x wb*s.
+    # Pad to at least hb*s x wb*s (anything past the last window is never read).
     xp = jnp.pad(x, ((0, 0), (p, max(hb * stride - h - p, 0)), (p, max(wb * stride - w - p, 0)), (0, 0)))
     step = (1, stride, stride, 1)
     last_h, last_w = stride * (hb - 1) + 1, stride * (wb - 1) + 1
