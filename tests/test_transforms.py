@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _loss_helpers import photo_pair, zero_biases
+from _loss_helpers import image_and_feature_losses, kept_bytes, photo_pair, zero_biases
 
 import lpips_jax
 
@@ -271,24 +271,6 @@ def test_linen_module_equals_functions(params, pair):
 # What the backward pass keeps, and what the compiled step contains
 
 
-def _kept_bytes(loss, *args, argnums=(0,)):
-    """Bytes of the residuals ``jax.vjp`` keeps for the backward pass (abstract: no run),
-    leaving out those shaped like a param (weights, kept whatever the images)."""
-
-    def residuals(*a):
-        def f(*diff):
-            full = list(a)
-            for i, d in zip(argnums, diff):
-                full[i] = d
-            return loss(*full)
-
-        return jax.vjp(f, *(a[i] for i in argnums))[1]
-
-    leaves = jax.tree_util.tree_leaves(jax.eval_shape(residuals, *args))
-    param_like = {(p.dtype, p.size) for p in jax.tree_util.tree_leaves(args[0])}
-    return sum(a.size * a.dtype.itemsize for a in leaves if (a.dtype, a.size) not in param_like)
-
-
 def test_backward_keeps_no_activations_of_y(params):
     """With only x differentiated, the residuals are those of the same loss with y's
     features precomputed and passed in (so y's trunk keeps nothing), and smaller than
@@ -297,17 +279,10 @@ def test_backward_keeps_no_activations_of_y(params):
     fy = jax.eval_shape(lpips_jax.features, params, img)
     kept = {}
     for remat in (False, True):
-
-        def loss(p, x, y, remat=remat):
-            return lpips_jax.distance(p, x, y, remat=remat).sum()
-
-        def loss_f(p, x, fy, remat=remat):
-            fx = lpips_jax.features(p, x, remat=remat)
-            return lpips_jax.distance_from_features(p, fx, fy).sum()
-
-        kx = _kept_bytes(loss, params, img, img, argnums=(1,))
-        kxy = _kept_bytes(loss, params, img, img, argnums=(1, 2))
-        kf = _kept_bytes(loss_f, params, img, fy, argnums=(1,))
+        loss, loss_f = image_and_feature_losses(remat)
+        kx = kept_bytes(loss, params, img, img, argnums=(1,))
+        kxy = kept_bytes(loss, params, img, img, argnums=(1, 2))
+        kf = kept_bytes(loss_f, params, img, fy, argnums=(1,))
         # Equal but for the identity guard's boolean masks (_metric._zero_identical: one
         # (N, h, w) mask per tap, here 13 kB); y's activations would be megabytes.
         assert 0 <= kx - kf <= 32 * 1024, (remat, kx, kf)
