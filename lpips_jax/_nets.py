@@ -192,6 +192,7 @@ _TINY_MAP, _TINY_MAP_ROWS = 16, 512
 _K5_MAP, _K5_ROWS = 64, 4096
 _SPLIT_ROWS, _SPLIT_PATCH = 1024, 10 * 2**20 // 4  # rows; patch elements (10 MB float32)
 _STEM_PATCH = 16 * 2**20 // 4  # the first conv's patches up to 16 MB (e.g. 256x256 batch 2)
+_EIGEN_AREA = 900  # output maps of 30x30 and more
 
 
 def _choose_impls(x_shape, k_shape, stride) -> tuple[str, str]:
@@ -214,9 +215,11 @@ def _choose_impls(x_shape, k_shape, stride) -> tuple[str, str]:
     ):
         return "im2col", "im2col"
     patch = rows * kh * kw * ci  # elements of im2col's patch matrix
-    if stride == 1 and (
-        (ci <= 4 and patch <= _STEM_PATCH) or (rows <= _SPLIT_ROWS and patch <= _SPLIT_PATCH)
-    ):
+    if stride == 1 and ci <= 4 and patch <= _STEM_PATCH:
+        return "xla", "im2col"
+    if stride == 1 and area >= _EIGEN_AREA:
+        return "eigen", "eigen"
+    if stride == 1 and rows <= _SPLIT_ROWS and patch <= _SPLIT_PATCH:
         return "xla", "im2col"
     return "xla", "xla"
 
@@ -242,9 +245,15 @@ def conv2d(
     if impl == "auto":
         n, h, w, ci = x.shape
         fwd, jvp = _choose_impls((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
-        if fwd != jvp:
+        if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
+            # XLA hands only float32/float64 convs to YNNPACK; float64 stays on XLA's
+            # own path (the "eigen" forms would send it to a slow generic loop).
+            fwd, jvp = ("xla" if i == "eigen" else i for i in (fwd, jvp))
+        if fwd != jvp or jvp == "eigen":
             return _split_conv(x, kernel, stride, p, fwd, jvp, precision) + bias
         impl = fwd
+    if impl == "eigen":  # its derivatives need their own form too (_conv_tangent_x)
+        return _split_conv(x, kernel, stride, p, impl, impl, precision) + bias
     return _conv(x, kernel, stride, p, impl, precision) + bias
 
 
@@ -255,10 +264,21 @@ def _conv(x, kernel, stride, p, impl, precision):
             x, kernel, (stride, stride), ((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
         )  # fmt: skip
+    if impl == "eigen":
+        # XLA's conv with one extra output row, cropped: an output taller than its input
+        # keeps XLA:CPU on its own (Eigen) conv instead of YNNPACK's (see _EIGEN_NOTE).
+        _check_eigen(stride)
+        oh = x.shape[1] + 2 * p - kh + 1
+        extra = max(0, x.shape[1] - oh + 1)
+        y = lax.conv_general_dilated(
+            x, kernel, (1, 1), ((p, p + extra), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+        )  # fmt: skip
+        return y[:, :oh]
     if impl == "s2d":
         return _space_to_depth_conv(x, kernel, stride, p, precision)
     if impl != "im2col":
-        raise ValueError(f"impl={impl!r}: expected 'auto', 'xla', 'im2col' or 's2d'")
+        raise ValueError(f"impl={impl!r}: expected 'auto', 'xla', 'eigen', 'im2col' or 's2d'")
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
     n, h, w, _ = xp.shape
     oh = (h - kh) // stride + 1
@@ -321,6 +341,26 @@ def _space_to_depth_conv(x, kernel, stride, p, precision):
     return _conv(xs, ks, 1, 0, "xla", precision)
 
 
+def _check_eigen(stride):
+    if stride != 1:
+        raise ValueError(f"impl='eigen' is for stride-1 convs: got stride {stride}")
+
+
+def _conv_tangent_x(dx, kernel, p, precision):
+    """The conv as a linear map of its input, written so that JAX's transpose of it (the
+    input gradient) is a conv whose output is taller than its input, which XLA:CPU runs
+    on its own (Eigen) conv instead of YNNPACK's: ``dx`` gets ``extra`` zero rows at the
+    bottom and the conv as many fewer rows of bottom padding (same result)."""
+    h = dx.shape[1]
+    oh = h + 2 * p - kernel.shape[0] + 1
+    extra = max(1, oh - h + 1)
+    dxp = jnp.pad(dx, ((0, 0), (0, extra), (0, 0), (0, 0)))
+    return lax.conv_general_dilated(
+        dxp, kernel, (1, 1), ((p, p - extra), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+    )  # fmt: skip
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _split_conv(x, kernel, stride, p, impl, jvp_impl, precision):
     """A conv whose value is computed by ``impl`` and its derivatives by ``jvp_impl``.
@@ -343,9 +383,14 @@ def _split_conv_jvp(stride, p, impl, jvp_impl, precision, primals, tangents):
     y = _conv(x, kernel, stride, p, impl, precision)
     dy = None
     if not isinstance(dx, SymbolicZero):
-        dy = _conv(dx, kernel, stride, p, jvp_impl, precision)
+        if jvp_impl == "eigen":
+            _check_eigen(stride)
+            dy = _conv_tangent_x(dx, kernel, p, precision)
+        else:
+            dy = _conv(dx, kernel, stride, p, jvp_impl, precision)
     if not isinstance(dk, SymbolicZero):
-        t = _conv(x, dk, stride, p, jvp_impl, precision)
+        # (for "eigen": the kernel gradient is JAX's own transpose of XLA's conv)
+        t = _conv(x, dk, stride, p, "xla" if jvp_impl == "eigen" else jvp_impl, precision)
         dy = t if dy is None else dy + t
     return y, (jnp.zeros_like(y) if dy is None else dy)
 
