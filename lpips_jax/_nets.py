@@ -183,7 +183,18 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
 # - The first conv (3 input channels) is cheapest forward in XLA, backward in im2col
 #   (vgg 64x64 batch 32: 49 -> 38 ms for that layer's forward+backward); capped at 16 MB
 #   of patches, so that large images don't pay in memory (1024x1024: 108 MB).
-# - Larger outputs: XLA's conv, both ways (im2col's patches cost more than they save).
+# - Maps of 30x30 and more (stride 1, float32): XLA's conv kept on its Eigen kernel both
+#   ways (impl "eigen"). XLA:CPU (jaxlib 0.10) hands a float32 conv to YNNPACK unless its
+#   output is larger than its input (among other exclusions), and on these maps YNNPACK's
+#   conv is 1.5-2x slower forward and 1.5-3x slower for the input gradient than XLA's own
+#   (vgg 64x64 batch 32, second conv: forward 96 -> 56 ms, forward+input gradient
+#   202 -> 107 ms; alex 256x256 batch 8, 5x5 conv: 54 -> 35 ms). The "eigen" forward
+#   computes one extra output row and crops it; its input gradient is JAX's transpose of
+#   a conv over an input with one extra zero row (_conv_tangent_x), a conv whose output
+#   is taller than its input. Whole model: vgg 64x64 batch 32 forward +11%, forward+
+#   backward +15%; alex 256x256 batch 8 forward+backward +14%; vgg 256x256 batch 1
+#   forward +16%. On 16x16 and 8x8 maps both convs are within the noise of each other.
+# - Larger outputs otherwise: XLA's conv, both ways (im2col's patches cost more than they save).
 # - Kernels larger than 5 (alex's 11x11 stride-4 first conv): XLA's conv forward; for the
 #   derivatives, the space-to-depth form (see _split_conv).
 _IM2COL_MAX_KERNEL = 5
@@ -266,7 +277,7 @@ def _conv(x, kernel, stride, p, impl, precision):
         )  # fmt: skip
     if impl == "eigen":
         # XLA's conv with one extra output row, cropped: an output taller than its input
-        # keeps XLA:CPU on its own (Eigen) conv instead of YNNPACK's (see _EIGEN_NOTE).
+        # keeps XLA:CPU on its own (Eigen) conv instead of YNNPACK's (see _choose_impls).
         _check_eigen(stride)
         oh = x.shape[1] + 2 * p - kh + 1
         extra = max(0, x.shape[1] - oh + 1)
