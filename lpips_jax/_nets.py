@@ -247,7 +247,9 @@ def conv2d(
 ) -> jax.Array:
     """NHWC x HWIO convolution plus bias, as torch's ``Conv2d`` (symmetric zero padding).
 
-    ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"im2col"`` (explicit patches and
+    ``impl``: ``"xla"`` (``lax.conv_general_dilated``), ``"eigen"`` (stride 1 only: the
+    same conv in forms that XLA:CPU runs on its Eigen conv rather than YNNPACK's, forward
+    and input gradient; see :func:`_choose_impls`), ``"im2col"`` (explicit patches and
     one matmul), ``"s2d"`` (a strided conv rewritten as a stride-1 conv over
     space-to-depth blocks) or ``"auto"``: per layer, by backend and shapes, for the forward
     pass and for the derivatives separately (see :func:`_choose_impls`, :func:`_split_conv`).
