@@ -94,15 +94,16 @@ def test_unknown_impl_is_refused():
 def test_rule_on_cpu():
     """The measured rule (lpips_jax/_nets.py, bench/bench_layers.py), as (forward,
     derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
-    for mid-size outputs and the first conv; XLA's conv for large outputs; for alex's 11x11
-    stride-4 conv, XLA forward and the space-to-depth form for the derivatives."""
+    for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more
+    (and forward for alex's 5x5 conv on small maps); XLA's conv otherwise; for alex's
+    11x11 stride-4 conv, XLA forward and the space-to-depth form for the derivatives."""
     choose = _nets._choose_impls
     both = ("im2col", "im2col")
     assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == both
     assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == ("xla", "s2d")
     assert choose((1, 10, 10, 512), (3, 3, 512, 512), 1) == both  # 8x8 output, 64 rows
     assert choose((32, 6, 6, 512), (3, 3, 512, 512), 1) == both  # 4x4 maps, 512 rows
-    assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == both  # alex 64x64 b32
+    assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == ("eigen", "im2col")  # alex 64 b32
     assert choose((1, 18, 18, 256), (3, 3, 256, 256), 1) == ("xla", "im2col")  # 16x16 b1
     assert choose((1, 66, 66, 3), (3, 3, 3, 64), 1) == ("xla", "im2col")  # vgg's first conv
     eigen = ("eigen", "eigen")  # maps of 30x30 and more
