@@ -149,22 +149,64 @@ def min_size(net: str) -> int:
 
 
 def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
-    """NHWC max-pool matching PyTorch's floor or ceil mode (no padding)."""
+    """NHWC max-pool matching PyTorch's floor or ceil mode (no padding).
+
+    Its derivative is PyTorch's: each window's gradient goes to its first maximum in
+    row-major order (see :func:`_window_max`).
+    """
     h, w = x.shape[-3], x.shape[-2]
     oh = pool_output_size(h, kernel, stride, ceil)
     ow = pool_output_size(w, kernel, stride, ceil)
-    # Extra right/bottom padding (with -inf) so that a VALID window gives ceil-mode sizes.
+    # Extra right/bottom padding (with -inf) so that VALID windows give ceil-mode sizes.
     ph = max((oh - 1) * stride + kernel - h, 0)
     pw = max((ow - 1) * stride + kernel - w, 0)
-    # A Python scalar init (not an array) lets JAX pick its differentiable max-pool rule.
+    if ph or pw:
+        pad = [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)]
+        x = jnp.pad(x, pad, constant_values=-jnp.inf)
+    return _window_max(x, kernel, stride, oh, ow)
+
+
+def _window_slices(x, kernel, stride, oh, ow):
+    """The ``kernel**2`` strided views ``x[..., dy::stride, dx::stride, :]`` of the windows."""
+    out = []
+    for dy in range(kernel):
+        for dx in range(kernel):
+            start = [0] * (x.ndim - 3) + [dy, dx, 0]
+            limit = [*x.shape[:-3], dy + stride * (oh - 1) + 1, dx + stride * (ow - 1) + 1,
+                     x.shape[-1]]  # fmt: skip
+            step = [1] * (x.ndim - 3) + [stride, stride, 1]
+            out.append(lax.slice(x, start, limit, step))
+    return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _window_max(x, kernel, stride, oh, ow):
+    """VALID max-pool of ``x`` whose derivative routes each window to its first maximum.
+
+    The value is XLA's reduce-window. JAX's own derivative of a reduce-window max is a
+    select-and-scatter, which XLA:CPU expands into index arithmetic and a scatter (vgg
+    256x256 batch 1: ~80 ms of a ~600 ms forward+backward for its first pool alone);
+    here the tangent is a chain of selects over the window's strided views, whose
+    transpose is padding and adds. "First maximum" is PyTorch's rule (its CPU and CUDA
+    kernels keep the first of equal values), which matters where a window holds ties.
+    """
     return lax.reduce_window(
-        x,
-        -jnp.inf,
-        lax.max,
-        (1, kernel, kernel, 1),
-        (1, stride, stride, 1),
-        ((0, 0), (0, ph), (0, pw), (0, 0)),
-    )
+        x, -jnp.inf, lax.max, (1,) * (x.ndim - 3) + (kernel, kernel, 1),
+        (1,) * (x.ndim - 3) + (stride, stride, 1), "VALID",
+    )  # fmt: skip
+
+
+@_window_max.defjvp
+def _window_max_jvp(kernel, stride, oh, ow, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = _window_max(x, kernel, stride, oh, ow)
+    views = _window_slices(x, kernel, stride, oh, ow)
+    tviews = _window_slices(dx, kernel, stride, oh, ow)
+    # Walk the window backwards so that the earliest maximum has the last word.
+    dy = tviews[-1]
+    for v, t in zip(views[-2::-1], tviews[-2::-1]):
+        dy = jnp.where(v == y, t, dy)
+    return y, dy
 
 
 # The conv implementation of each layer on XLA:CPU, chosen for the forward pass and for
