@@ -301,8 +301,8 @@ def conv2d(
         n, h, w, ci = x.shape
         fwd, jvp = _choose_impls((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
         if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
-            # XLA hands only float32/float64 convs to YNNPACK; float64 stays on XLA's
-            # own path (the "eigen" forms would send it to a slow generic loop).
+            # bfloat16/float16 convs never go to YNNPACK; a float64 conv stays where XLA
+            # puts it (YNNPACK): its "eigen" forms fall to a generic loop (15x slower).
             fwd, jvp = ("xla" if i == "eigen" else i for i in (fwd, jvp))
         if fwd != jvp or jvp == "eigen":
             return _split_conv(x, kernel, stride, p, fwd, jvp, precision) + bias
