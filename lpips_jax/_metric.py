@@ -101,10 +101,11 @@ def normalize_channels(f: jax.Array) -> jax.Array:
     the norm takes its exact value 0 through a branch whose gradient is zero. Computed in
     float32 (or wider, when the features are float64).
     """
-    if f.ndim > 2 and f.shape[0] == 1:
+    if f.ndim > 2 and f.shape[0] == 1 and jax.default_backend() == "cpu":
         # Without the leading 1: XLA:CPU's YNNPACK reductions split their work along the
         # leading axis, and with a batch of 1 this one's backward pass ran 7-25x slower
-        # (vgg 256x256 batch 1, first tap: 29 ms -> 4 ms).
+        # (vgg 256x256 batch 1, first tap: 29 ms -> 4 ms). It costs memory (README,
+        # "Memory"), so only on the CPU.
         return normalize_channels(f[0])[None]
     dt = jnp.float64 if f.dtype == jnp.float64 else jnp.float32
     f = f.astype(dt)

@@ -78,8 +78,8 @@ def test_max_pool_forward_mode_and_second_order():
 
 
 def test_normalize_channels_batch_of_one_is_the_same_function():
-    """normalize_channels drops a leading batch of 1 (for XLA:CPU's reductions): same value
-    and same gradient as the same row inside a larger batch."""
+    """normalize_channels drops a leading batch of 1 on the CPU (for XLA:CPU's
+    reductions): same value and same gradient as the same row inside a larger batch."""
     rng = np.random.default_rng(5)
     f = jnp.asarray(np.maximum(rng.standard_normal((3, 5, 4, 6)), 0).astype(np.float32))
     g = jnp.asarray(rng.standard_normal(f.shape).astype(np.float32))
