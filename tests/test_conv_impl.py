@@ -161,3 +161,30 @@ def test_eigen_form_keeps_convs_off_ynnpack():
     if in_entry == total:
         pytest.skip("this XLA:CPU runs no conv through YNNPACK")
     assert convs(hlo("eigen")) == (2, 2)  # forward and input gradient, unfused: XLA's own
+
+
+@pytest.mark.parametrize("kk, p", [(3, 1), (5, 2)])
+def test_eigen_derivatives_of_every_order(kk, p):
+    """impl="eigen" (a custom JVP with its own input-gradient form): forward mode, reverse
+    mode and second order equal XLA's own conv, in float64."""
+    rng = np.random.default_rng(kk)
+    x = rng.standard_normal((2, 9, 7, 5))
+    k = rng.standard_normal((kk, kk, 5, 6))
+    b = np.zeros(6)
+    with jax.enable_x64():
+        x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
+
+        def f(impl):
+            return lambda x_, k_: jnp.sum(jnp.tanh(_nets.conv2d(x_, k_, b, 1, p, impl=impl)))
+
+        tx, tk = jnp.ones_like(x), jnp.full_like(k, 0.5)
+        got = jax.jvp(f("eigen"), (x, k), (tx, tk))
+        want = jax.jvp(f("xla"), (x, k), (tx, tk))
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+        grads = jax.grad(f("eigen"), argnums=(0, 1))(x, k)
+        grads_want = jax.grad(f("xla"), argnums=(0, 1))(x, k)
+        for g, w in zip(grads, grads_want):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+        hv = jax.jvp(jax.grad(f("eigen")), (x, k), (tx, tk))[1]
+        hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
+        np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
