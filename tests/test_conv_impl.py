@@ -116,27 +116,42 @@ def test_rule_on_cpu():
     assert choose((1, 65, 65, 3), (3, 3, 3, 64), 2) == ("xla", "xla")  # squeeze's first
 
 
-def test_strided_conv_derivatives_of_every_order():
-    """On the CPU a strided conv differentiates through its space-to-depth form (a
-    custom JVP): forward mode, reverse mode and second order all equal XLA's own conv."""
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 19, 17, 3))
-    k = rng.standard_normal((11, 11, 3, 4))
-    b = np.zeros(4)
+# (impl, input shape, kernel, stride, padding, Cout, seed): the custom-JVP forms.
+DERIVATIVE_CASES = [
+    ("auto", (2, 19, 17, 3), 11, 4, 2, 4, 7),  # strided: space-to-depth derivatives
+    ("s2d", (2, 19, 17, 3), 11, 4, 2, 4, 7),
+    ("eigen", (2, 9, 7, 5), 3, 1, 1, 6, 3),  # its own input-gradient form
+    ("eigen", (2, 9, 7, 5), 5, 1, 2, 6, 5),
+]
+
+
+@pytest.mark.parametrize("case", DERIVATIVE_CASES, ids=lambda c: f"{c[0]}-{c[2]}x{c[2]}s{c[3]}")
+def test_custom_jvp_conv_derivatives_of_every_order(case):
+    """The convs with a custom JVP (on the CPU, a strided conv through its space-to-depth
+    form; impl="eigen" through its own input-gradient form): forward mode, reverse mode and
+    second order all equal XLA's own conv, in float64."""
+    impl, xs, kk, s, p, co, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs)
+    k = rng.standard_normal((kk, kk, xs[-1], co))
+    b = np.zeros(co)
     with jax.enable_x64():
         x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
 
-        def f(impl):
-            return lambda x_, k_: jnp.sum(jnp.tanh(_nets.conv2d(x_, k_, b, 4, 2, impl=impl)))
+        def f(impl_):
+            return lambda x_, k_: jnp.sum(jnp.tanh(_nets.conv2d(x_, k_, b, s, p, impl=impl_)))
 
         tx, tk = jnp.ones_like(x), jnp.full_like(k, 0.5)
-        for impl in ("auto", "s2d"):
-            got = jax.jvp(f(impl), (x, k), (tx, tk))
-            want = jax.jvp(f("xla"), (x, k), (tx, tk))
-            np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
-            hv = jax.jvp(jax.grad(f(impl)), (x, k), (tx, tk))[1]
-            hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
-            np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
+        got = jax.jvp(f(impl), (x, k), (tx, tk))
+        want = jax.jvp(f("xla"), (x, k), (tx, tk))
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
+        grads = jax.grad(f(impl), argnums=(0, 1))(x, k)
+        grads_want = jax.grad(f("xla"), argnums=(0, 1))(x, k)
+        for g, w in zip(grads, grads_want):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+        hv = jax.jvp(jax.grad(f(impl)), (x, k), (tx, tk))[1]
+        hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
+        np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="about XLA:CPU")
@@ -161,30 +176,3 @@ def test_eigen_form_keeps_convs_off_ynnpack():
     if in_entry == total:
         pytest.skip("this XLA:CPU runs no conv through YNNPACK")
     assert convs(hlo("eigen")) == (2, 2)  # forward and input gradient, unfused: XLA's own
-
-
-@pytest.mark.parametrize("kk, p", [(3, 1), (5, 2)])
-def test_eigen_derivatives_of_every_order(kk, p):
-    """impl="eigen" (a custom JVP with its own input-gradient form): forward mode, reverse
-    mode and second order equal XLA's own conv, in float64."""
-    rng = np.random.default_rng(kk)
-    x = rng.standard_normal((2, 9, 7, 5))
-    k = rng.standard_normal((kk, kk, 5, 6))
-    b = np.zeros(6)
-    with jax.enable_x64():
-        x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
-
-        def f(impl):
-            return lambda x_, k_: jnp.sum(jnp.tanh(_nets.conv2d(x_, k_, b, 1, p, impl=impl)))
-
-        tx, tk = jnp.ones_like(x), jnp.full_like(k, 0.5)
-        got = jax.jvp(f("eigen"), (x, k), (tx, tk))
-        want = jax.jvp(f("xla"), (x, k), (tx, tk))
-        np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
-        grads = jax.grad(f("eigen"), argnums=(0, 1))(x, k)
-        grads_want = jax.grad(f("xla"), argnums=(0, 1))(x, k)
-        for g, w in zip(grads, grads_want):
-            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
-        hv = jax.jvp(jax.grad(f("eigen")), (x, k), (tx, tk))[1]
-        hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
-        np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
