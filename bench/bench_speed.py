@@ -3,6 +3,7 @@
     python bench/bench_speed.py                   # full matrix on the CPU
     python bench/bench_speed.py --quick           # alex/vgg 64x64 b1 and b32 only
     python bench/bench_speed.py --device gpu      # CUDA for torch, the GPU for jax
+    python bench/bench_speed.py --device gpu --dtypes float32,bfloat16   # ours in bf16 too
 
 Each side runs in its own long-lived worker subprocess; the parent hands the workers one
 configuration at a time, in alternating rounds (ours, official, ours, official, ...), so
@@ -11,13 +12,21 @@ calls excluded, then the median of ``--repeats`` timed blocks, each a loop of ca
 enough to take >= ``--min-time`` seconds; pairs/s from the median over ``--rounds``
 rounds, and the ratio ours/official as the median of the per-round ratios (each round
 times both sides back to back). Forward: the official model in eval mode under
-``torch.no_grad()``; ours ``jax.jit(distance)``. Forward+backward: the gradient of the
-summed distance w.r.t. x (``jax.value_and_grad``; torch ``.backward()`` on x with
-``requires_grad``). Compile time of ours is timed separately (lower + compile).
+``torch.no_grad()``; ours ``jax.jit(distance)``. Both sides run at their default precision:
+on a GPU that lets float32 convolutions use TF32 on both (torch's
+``cudnn.allow_tf32`` is on by default; so is XLA's). With ``--dtypes float32,bfloat16``
+ours is timed a second time with ``distance(..., dtype=jnp.bfloat16)`` (float32 params,
+normalisation and reductions) and reported beside the float32 row, as a ratio to the
+same official float32 timing (the official package has no half-precision mode).
+Forward+backward: the gradient of the summed distance w.r.t. x (``jax.value_and_grad``;
+torch ``.backward()`` on x with ``requires_grad``). Compile time of ours is timed
+separately (lower + compile, once per configuration and dtype).
 
-Achieved FLOP/s: XLA's cost analysis of the compiled function (``flops``) divided by the
+Achieved FLOP/s: XLA's cost analysis of the compiled function (``flops``; on a GPU, where
+cuDNN's convolutions are custom calls that it does not count, of the lowered one) divided by the
 time, as a fraction of the machine's peak, measured here as the best of a float32 matmul in
-torch and in jax (2048^3, repeated) — an achievable-FMA-throughput estimate.
+torch and in jax at their default precision (2048^3 on the CPU, 8192^3 on a GPU, repeated)
+— an achievable-FMA-throughput estimate; on a GPU this is jax's TF32 matmul rate.
 SqueezeNet runs with a random trunk on both sides (no ImageNet trunk is shipped).
 """
 
@@ -36,6 +45,7 @@ CONFIGS_FULL = [
     for net in ("alex", "vgg", "squeeze")
     for size, batch in ((64, 1), (64, 32), (256, 1), (256, 8))
 ]
+_SHORT = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 CONFIGS_QUICK = [(net, 64, b) for net in ("alex", "vgg") for b in (1, 32)]
 
 
@@ -69,7 +79,7 @@ def _worker_ours(device):
 
     import lpips_jax
 
-    params_cache = {}
+    params_cache, compiled_cache = {}, {}
 
     def params_for(net):
         if net not in params_cache:
@@ -92,26 +102,45 @@ def _worker_ours(device):
             break
         net, size, batch, mode = cmd["net"], cmd["size"], cmd["batch"], cmd["mode"]
         p = params_for(net)
+        dtype = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[
+            cmd.get("dtype", "float32")
+        ]
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
         y = jnp.asarray(rng.uniform(-1, 1, (batch, size, size, 3)).astype(np.float32))
-        if mode == "fwd":
-            f = jax.jit(lambda p, x, y: lpips_jax.distance(p, x, y))
-        else:
-            f = jax.jit(jax.value_and_grad(lambda p, x, y: lpips_jax.distance(p, x, y).sum(), 1))
-        t0 = time.perf_counter()
-        compiled = f.lower(p, x, y).compile()
-        compile_s = time.perf_counter() - t0
-        cost = compiled.cost_analysis()
-        if isinstance(cost, list):
-            cost = cost[0]
-        flops = float(cost.get("flops", 0.0)) if cost else 0.0
+        key = (net, size, batch, mode, cmd.get("dtype", "float32"))
+        if key not in compiled_cache:  # compile once; later rounds reuse it
+
+            def dist(p, x, y, dtype=dtype):
+                return lpips_jax.distance(p, x, y, dtype=dtype)
+
+            if mode == "fwd":
+                f = jax.jit(dist)
+            else:
+                f = jax.jit(jax.value_and_grad(lambda p, x, y: dist(p, x, y).sum(), 1))
+            t0 = time.perf_counter()
+            lowered = f.lower(p, x, y)
+            compiled = lowered.compile()
+            compile_s = time.perf_counter() - t0
+            flops = _flops(compiled)
+            if flops == 0.0:  # GPU: cuDNN convolutions are custom calls, uncounted there
+                flops = _flops(lowered)
+            compiled_cache[key] = (compiled, compile_s, flops)
+        compiled, compile_s, flops = compiled_cache[key]
 
         def call():
             jax.block_until_ready(compiled(p, x, y))
 
         t = _timeit(call, cmd["min_time"], cmd["repeats"])
         print(json.dumps({"time": t, "compile": compile_s, "flops": flops}), flush=True)
+
+
+def _flops(stage):
+    """``flops`` of XLA's cost analysis of a ``Lowered`` or ``Compiled`` (0 if absent)."""
+    cost = stage.cost_analysis()
+    if isinstance(cost, list):
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def _worker_official(device):
@@ -190,7 +219,7 @@ def _peak_flops(device):
     import numpy as np
     import torch
 
-    n = 2048
+    n = 8192 if device == "gpu" else 2048
     best = 0.0
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     ta = torch.from_numpy(a)
@@ -243,6 +272,10 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks per round (median)")
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per timed block")
+    ap.add_argument(
+        "--dtypes", default="float32",
+        help="ours' compute dtypes, the first is the main row (e.g. float32,bfloat16)",
+    )  # fmt: skip
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -261,48 +294,60 @@ def main(argv=None):
     if args.device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
         env["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        # Three processes share the GPU (this one measures the peak): no jax preallocation.
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     peak = _peak_flops(args.device)
     print(f"# peak (best float32 matmul, torch/jax): {peak / 1e9:.1f} GFLOP/s; "
           f"cores {os.cpu_count()}; device {args.device}", flush=True)  # fmt: skip
     ours, official = Worker("ours", args.device, env), Worker("official", args.device, env)
     rows = []
+    dtypes = args.dtypes.split(",")
+    extra = dtypes[1:]  # timed for ours only, beside the main row
     hdr = (
         f"{'net':8}{'size':>6}{'batch':>6}{'mode':>8}{'ours/s':>10}{'off/s':>10}"
         f"{'ratio':>7}{'compile':>9}{'%peak':>7}"
-    )
+    ) + "".join(f"{_SHORT[d] + '/s':>10}{_SHORT[d] + ' ratio':>11}" for d in extra)
     print(hdr, flush=True)
     try:
         for net, size, batch in configs:
             for mode in modes:
                 t_ours, t_off, comp, flops = [], [], None, 0.0
+                t_extra = {d: [] for d in extra}
                 common = dict(
                     net=net, size=size, batch=batch, mode=mode,
                     min_time=args.min_time, repeats=args.repeats,
                 )  # fmt: skip
                 for _ in range(args.rounds):
-                    r = ours.run(**common)
+                    r = ours.run(**common, dtype=dtypes[0])
                     t_ours.append(r["time"])
-                    # The first round's compile is the real one (later rounds hit caches).
-                    comp = r["compile"] if comp is None else comp
-                    flops = r["flops"]
+                    comp, flops = r["compile"], r["flops"]  # compiled once, in round 1
                     t_off.append(official.run(**common)["time"])
+                    for d in extra:
+                        t_extra[d].append(ours.run(**common, dtype=d)["time"])
                 to, tf = statistics.median(t_ours), statistics.median(t_off)
                 # Each round times both sides back to back: the median of the per-round
                 # ratios follows the machine's drifts (shared hosts) better than the ratio
                 # of the two medians.
                 ratio = statistics.median(b / a for a, b in zip(t_ours, t_off))
                 row = dict(
-                    net=net, size=size, batch=batch, mode=mode,
+                    net=net, size=size, batch=batch, mode=mode, dtype=dtypes[0],
                     ours_pairs_s=batch / to, official_pairs_s=batch / tf, ratio=ratio,
                     compile_s=comp, flops=flops, frac_peak=flops / to / peak,
                 )  # fmt: skip
-                rows.append(row)
-                print(
+                line = (
                     f"{net:8}{size:>6}{batch:>6}{mode:>8}{row['ours_pairs_s']:>10.1f}"
                     f"{row['official_pairs_s']:>10.1f}{row['ratio']:>7.2f}{comp:>8.2f}s"
-                    f"{100 * row['frac_peak']:>6.0f}%",
-                    flush=True,
+                    f"{100 * row['frac_peak']:>6.0f}%"
                 )
+                for d in extra:
+                    td = statistics.median(t_extra[d])
+                    rd = statistics.median(b / a for a, b in zip(t_extra[d], t_off))
+                    row[f"ours_{d}_pairs_s"], row[f"ratio_{d}"] = batch / td, rd
+                    line += f"{batch / td:>10.1f}{rd:>11.2f}"
+                rows.append(row)
+                print(line, flush=True)
     finally:
         ours.close()
         official.close()

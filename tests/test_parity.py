@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -35,6 +36,11 @@ SIZES = {  # name: (N, H, W)
 }
 ATOL_LPIPS = 1e-5
 RTOL_BASELINE = 1e-5
+# Per-pixel baseline map against the official float64 run. On the CPU ours is within 4.8e-6.
+# On a GPU at precision "highest" (H100, jax 0.11.2, cuDNN 9.19) it was 1.06e-5 at 4 of
+# 65536 pixels of alex 256x256 (every other parity check here passed there at 1e-5); the
+# official float32 map itself is 1.9e-5 away on the CPU. So 2e-5 off the CPU.
+RTOL_MAP64 = RTOL_BASELINE if jax.default_backend() == "cpu" else 2 * RTOL_BASELINE
 
 
 @functools.cache
@@ -118,7 +124,10 @@ def _check_pair(net, version, lpips_flag, x, y):
         np.testing.assert_allclose(
             np.asarray(m), ref_map, rtol=5 * RTOL_BASELINE, atol=0, err_msg="distance_map f32"
         )
-        _assert_close(m, _official_map64(net, version, x, y), False, "distance_map vs f64")
+        np.testing.assert_allclose(
+            np.asarray(m), _official_map64(net, version, x, y), rtol=RTOL_MAP64, atol=0,
+            err_msg="distance_map vs f64",
+        )  # fmt: skip
     return np.asarray(d)
 
 
