@@ -10,6 +10,7 @@ Checks of rank, channels, shapes, dtype and minimum size run at trace time.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.custom_derivatives import SymbolicZero
 
 from lpips_jax import _checks, _nets
 
@@ -161,14 +163,64 @@ def features(
     return taps
 
 
-def _trunk_fn(params, dtype, remat, precision):
-    """The trunk of ``params`` as a function of scaled images (returns the raw taps)."""
+def _trunk_apply(params, dtype, remat, precision):
+    """The trunk as a function of its params and scaled images (returns the raw taps)."""
 
-    def apply(xs):
-        dt = _compute_dtype(dtype, xs, params.trunk)
-        return _trunk_module(params, dt, remat, precision).apply({"params": params.trunk}, xs)
+    def apply(trunk_params, xs):
+        dt = _compute_dtype(dtype, xs, trunk_params)
+        return _trunk_module(params, dt, remat, precision).apply({"params": trunk_params}, xs)
 
     return apply
+
+
+def _trunk_fn(params, dtype, remat, precision):
+    """The trunk of ``params`` as a function of scaled images (returns the raw taps)."""
+    apply = _trunk_apply(params, dtype, remat, precision)
+    return lambda xs: apply(params.trunk, xs)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _pair_taps(apply, trunk_params, xs, ys):
+    """``(apply(trunk_params, xs), apply(trunk_params, ys))``, as one pass over both.
+
+    The value runs the trunk once on the two images stacked along the batch (for a batch
+    of 1 on the CPU: fewer, larger convs; vgg 64x64 forward 1.27x faster); the derivatives
+    run the two trunks apart, as :func:`_pair_maps_with` does, so that an image whose
+    tangent is zero (the reference y of a loss) keeps nothing for a backward pass.
+    """
+    n = xs.shape[0]
+    taps = apply(trunk_params, jnp.concatenate([xs, ys]))
+    return tuple(t[:n] for t in taps), tuple(t[n:] for t in taps)
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+@functools.partial(_pair_taps.defjvp, symbolic_zeros=True)
+def _pair_taps_jvp(apply, primals, tangents):
+    p, xs, ys = primals
+    dp, dxs, dys = tangents
+    dp_leaves = jax.tree_util.tree_leaves(dp, is_leaf=_is_zero)
+    p_const = all(_is_zero(t) for t in dp_leaves)
+    if not p_const:  # some trunk params are differentiated: zeros for the others
+        dp = jax.tree_util.tree_map(
+            lambda t, v: jnp.zeros_like(v) if _is_zero(t) else t, dp, p, is_leaf=_is_zero
+        )
+
+    def one(s, ds):
+        if _is_zero(ds):
+            if p_const:
+                out = apply(p, s)
+                return out, tuple(jnp.zeros_like(o) for o in out)
+            return jax.jvp(lambda q: apply(q, s), (p,), (dp,))
+        if p_const:
+            return jax.jvp(lambda s_: apply(p, s_), (s,), (ds,))
+        return jax.jvp(apply, (p, s), (dp, ds))
+
+    tx, dtx = one(xs, dxs)
+    ty, dty = one(ys, dys)
+    return (tx, ty), (dtx, dty)
 
 
 def _taps(trunk, version, xb, normalize):
@@ -222,8 +274,23 @@ def _pair_maps_with(trunk, params, xb, yb, normalize):
 
 def _pair_maps(params, x, y, normalize, dtype, remat, precision):
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-    trunk = _trunk_fn(params, dtype, remat, precision)
-    return _pair_maps_with(trunk, params, xb, yb, normalize), xb.shape[1:3], unbatched
+    same_dtype = _widen(xb).dtype == _widen(yb).dtype
+    if xb.shape[0] == 1 and same_dtype and jax.default_backend() == "cpu":
+        # A batch of 1: one trunk pass over the pair (see _pair_taps). Only where it
+        # was measured (the CPU); at larger batches it gained nothing there.
+        xs = scale_inputs(_widen(xb), params.version, normalize)
+        ys = scale_inputs(_widen(yb), params.version, normalize)
+        trunk = _trunk_apply(params, dtype, remat, precision)
+
+        def apply(trunk_params, s):  # normalised taps
+            return tuple(normalize_channels(t) for t in trunk(trunk_params, s))
+
+        fx, fy = _pair_taps(apply, params.trunk, xs, ys)
+        maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
+    else:
+        trunk = _trunk_fn(params, dtype, remat, precision)
+        maps = _pair_maps_with(trunk, params, xb, yb, normalize)
+    return maps, xb.shape[1:3], unbatched
 
 
 def _layer_means(maps) -> list[jax.Array]:

@@ -1,0 +1,123 @@
+"""The batch-1 pair pass (``_metric._pair_taps``): on the CPU, with a batch of 1, the value
+runs one trunk pass over x and y stacked, and the derivatives run the two trunks apart.
+
+Reference: the two-pass path that every other batch size takes (``_pair_maps_with``). In
+float64 every derivative must agree with it to rounding: w.r.t. x, y, both, the trunk's
+params (all of them, or one layer's kernel alone, the others held fixed), forward mode,
+and the JVP of the gradient.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lpips_jax
+from lpips_jax import _metric
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the pair pass is taken on the CPU only"
+)
+TOL = 1e-12  # relative to the largest element, float64
+
+
+def _paired(p, x, y, remat=False):
+    return lpips_jax.distance(p, x, y, remat=remat).sum()
+
+
+def _two_pass(p, x, y, remat=False):
+    params, xb, yb, _ = _metric._prepare(p, x, y, False)
+    trunk = _metric._trunk_fn(params, None, remat, None)
+    maps = _metric._pair_maps_with(trunk, params, xb, yb, False)
+    return _metric._total(_metric._layer_means(maps)).sum()
+
+
+def _close(a, b, what):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        u, v = np.asarray(u), np.asarray(v)
+        scale = np.abs(v).max()
+        assert scale > 0, what
+        np.testing.assert_allclose(u / scale, v / scale, rtol=0, atol=TOL, err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def case():
+    with jax.enable_x64():
+        p = lpips_jax.load("alex")
+        p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), p)
+        rng = np.random.default_rng(5)
+        x = jnp.asarray(rng.uniform(-1, 1, (1, 48, 48, 3)))
+        y = jnp.asarray(np.clip(np.asarray(x) + rng.normal(0, 0.3, x.shape), -1, 1))
+        return p, x, y
+
+
+def test_the_pair_pass_is_taken(case):
+    """One stem conv for the pair (batch 2) in the value; two apart in the gradient."""
+    p, x, y = case
+    with jax.enable_x64():
+        fwd = str(jax.make_jaxpr(_paired)(p, x, y))
+        grad = str(jax.make_jaxpr(jax.grad(_paired, 1))(p, x, y))
+    assert "custom_jvp_call" in fwd
+    assert "f64[2,48,48,3]" in fwd and "f64[2,48,48,3]" not in grad
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_value_and_derivatives_equal_two_passes(case, remat):
+    p, x, y = case
+    with jax.enable_x64():
+        for argnums in (1, 2, (1, 2)):
+            a = jax.value_and_grad(_paired, argnums)(p, x, y, remat)
+            b = jax.value_and_grad(_two_pass, argnums)(p, x, y, remat)
+            _close(a, b, f"value_and_grad {argnums}")
+        _close(
+            jax.grad(_paired)(p, x, y, remat).trunk,
+            jax.grad(_two_pass)(p, x, y, remat).trunk,
+            "grad w.r.t. the trunk",
+        )
+        t = jnp.asarray(np.random.default_rng(6).normal(size=x.shape))
+        _close(
+            jax.jvp(lambda a, b: _paired(p, a, b, remat), (x, y), (t, -t)),
+            jax.jvp(lambda a, b: _two_pass(p, a, b, remat), (x, y), (t, -t)),
+            "jvp",
+        )
+        _close(
+            jax.jvp(jax.grad(lambda a: _paired(p, a, y, remat)), (x,), (t,)),
+            jax.jvp(jax.grad(lambda a: _two_pass(p, a, y, remat)), (x,), (t,)),
+            "jvp of grad",
+        )
+
+
+def test_one_trunk_leaf_differentiated(case):
+    """Only one kernel of the trunk is an argument (the rest are constants): symbolic zero
+    tangents for the others."""
+    p, x, y = case
+    name = sorted(p.trunk)[1]
+
+    def with_kernel(f):
+        def g(k, x):
+            trunk = dict(p.trunk)
+            trunk[name] = {**trunk[name], "kernel": k}
+            return f(p.replace(trunk=trunk), x, y)
+
+        return g
+
+    k = p.trunk[name]["kernel"]
+    with jax.enable_x64():
+        for argnums in (0, (0, 1)):
+            _close(
+                jax.grad(with_kernel(_paired), argnums)(k, x),
+                jax.grad(with_kernel(_two_pass), argnums)(k, x),
+                f"grad {argnums}",
+            )
+
+
+def test_float32_value_equals_two_passes():
+    p = lpips_jax.load("vgg")
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.uniform(-1, 1, (1, 64, 64, 3)), jnp.float32)
+    y = jnp.asarray(rng.uniform(-1, 1, (1, 64, 64, 3)), jnp.float32)
+    a = jax.jit(_paired)(p, x, y)
+    b = jax.jit(_two_pass)(p, x, y)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
