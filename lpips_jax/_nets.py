@@ -340,6 +340,26 @@ def _conv(x, kernel, stride, p, impl, precision):
     ow = (w - kw) // stride + 1
     if kh == 1 and kw == 1 and stride == 1:
         patches = xp
+    elif kh * kw <= 9:
+        # The patch matrix, channel order (dy, dx, c) like the HWIO kernel reshaped to
+        # (kh*kw*ci, co), as a sum of the kh*kw strided window views, each zero-padded
+        # into its block of channels: XLA fuses the whole sum into one loop (and its
+        # transpose, the input gradient's col2im, likewise), where a concatenation
+        # compiles to a kernel per view (vgg 64x64 forward+backward compiles ~0.4 s
+        # faster, at the same speed). Not for larger kernels: each output element is a
+        # sum over all kh*kw views (alex's 5x5 conv: 25 terms, 1.3-1.7x slower).
+        k = kh * kw
+        zero = jnp.zeros((), xp.dtype)
+        patches = None
+        for j in range(k):
+            dy, dx = divmod(j, kw)
+            view = lax.slice(
+                xp, (0, dy, dx, 0),
+                (n, dy + stride * (oh - 1) + 1, dx + stride * (ow - 1) + 1, ci),
+                (1, stride, stride, 1),
+            )  # fmt: skip
+            block = lax.pad(view, zero, ((0, 0, 0),) * 3 + ((j * ci, (k - 1 - j) * ci, 0),))
+            patches = block if patches is None else patches + block  # (N, oh, ow, k*ci)
     else:
         # Patches in two passes (kw slices along W, then kh along H): channel order
         # (dy, dx, c), the order of the HWIO kernel reshaped to (kh*kw*ci, co).
