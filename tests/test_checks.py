@@ -266,7 +266,8 @@ def no_trunk(monkeypatch):
     def stop(*args, **kwargs):
         raise _Reached
 
-    monkeypatch.setattr(lpips_jax._metric, "_taps", stop)
+    # every function path builds its trunk here, after the input checks
+    monkeypatch.setattr(lpips_jax._metric, "_trunk_apply", stop)
 
 
 def test_range_small_overshoot_allowed(alex_params, no_trunk):
