@@ -63,6 +63,7 @@ def test_the_pair_pass_is_taken(case):
     assert "f64[2,48,48,3]" in fwd and "f64[2,48,48,3]" not in grad
 
 
+@pytest.mark.slow  # ~50 s: float64 gradients op by op
 @pytest.mark.parametrize("remat", [False, True])
 def test_value_and_derivatives_equal_two_passes(case, remat):
     p, x, y = case
