@@ -280,6 +280,9 @@ def main(argv=None):
     ap.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    dtypes = args.dtypes.split(",")
+    if not set(dtypes) <= set(_SHORT):
+        ap.error(f"--dtypes {args.dtypes}: expected a comma-separated subset of {', '.join(_SHORT)}")
     if args.worker == "ours":
         return _worker_ours(args.device)
     if args.worker == "official":
@@ -303,7 +306,6 @@ def main(argv=None):
           f"cores {os.cpu_count()}; device {args.device}", flush=True)  # fmt: skip
     ours, official = Worker("ours", args.device, env), Worker("official", args.device, env)
     rows = []
-    dtypes = args.dtypes.split(",")
     extra = dtypes[1:]  # timed for ours only, beside the main row
     hdr = (
         f"{'net':8}{'size':>6}{'batch':>6}{'mode':>8}{'ours/s':>10}{'off/s':>10}"
