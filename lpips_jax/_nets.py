@@ -167,10 +167,12 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
 
 
 def _window_slices(x, kernel, stride, oh, ow):
-    """The ``kernel**2`` strided views ``x[..., dy::stride, dx::stride, :]`` of the windows."""
+    """The strided views ``x[..., dy::stride, dx::stride, :]`` of the windows, in (dy, dx)
+    order; ``kernel`` is an int (square windows) or ``(kh, kw)``."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     out = []
-    for dy in range(kernel):
-        for dx in range(kernel):
+    for dy in range(kh):
+        for dx in range(kw):
             start = [0] * (x.ndim - 3) + [dy, dx, 0]
             limit = [*x.shape[:-3], dy + stride * (oh - 1) + 1, dx + stride * (ow - 1) + 1,
                      x.shape[-1]]  # fmt: skip
@@ -352,13 +354,7 @@ def _conv(x, kernel, stride, p, impl, precision):
         k = kh * kw
         zero = jnp.zeros((), xp.dtype)
         patches = None
-        for j in range(k):
-            dy, dx = divmod(j, kw)
-            view = lax.slice(
-                xp, (0, dy, dx, 0),
-                (n, dy + stride * (oh - 1) + 1, dx + stride * (ow - 1) + 1, ci),
-                (1, stride, stride, 1),
-            )  # fmt: skip
+        for j, view in enumerate(_window_slices(xp, (kh, kw), stride, oh, ow)):
             block = lax.pad(view, zero, ((0, 0, 0),) * 3 + ((j * ci, (k - 1 - j) * ci, 0),))
             patches = block if patches is None else patches + block  # (N, oh, ow, k*ci)
     else:
