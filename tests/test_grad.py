@@ -436,7 +436,7 @@ def _check_property_case(case):
 @pytest.mark.parametrize(
     "point",
     [
-        "random",
+        pytest.param("random", marks=pytest.mark.slow),  # each ~35 s
         pytest.param("nearly flat x", marks=pytest.mark.slow),
         pytest.param("other size", marks=pytest.mark.slow),
     ],

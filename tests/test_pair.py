@@ -90,6 +90,7 @@ def test_value_and_derivatives_equal_two_passes(case, remat):
         )
 
 
+@pytest.mark.slow  # ~50 s: float64 gradients through the trunk, twice
 def test_one_trunk_leaf_differentiated(case):
     """Only one kernel of the trunk is an argument (the rest are constants): symbolic zero
     tangents for the others."""

@@ -158,7 +158,10 @@ def _photo_pair(n, h, w, seed):
     return to_unit(imgs), to_unit(dist)
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+# 256x256 (~10 s alex, ~35 s vgg) in the slow step: the fast suite has the other sizes.
+@pytest.mark.parametrize(
+    "size", [pytest.param(s, marks=pytest.mark.slow) if s == "256x256" else s for s in SIZES]
+)
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_parity_real_weights(net, size):
     n, h, w = SIZES[size]
