@@ -11,6 +11,7 @@ in one process, and prints the rows of the matmul (N*oh*ow) beside the winner. T
 in ``lpips_jax._nets._choose_impls`` was set from such a
 table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
 subprocess (all cores), so that each layer's gap to the official package's kernels shows.
+At the end, per trunk, configuration and mode: the sums over all its convs.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def main():
         f"{'net':5}{'cfg':>8}{'in':>22}{'k':>4}{'s':>3}{'rows':>8}  mode   xla ms  im2col ms"
         f"  split ms  auto ms  best" + ("  torch ms  auto/torch" if ref else "")
     )
+    sums = {}  # (net, cfg, mode) -> [sum of auto, sum of torch] over the trunk's convs
     for net in nets:
         for cfg in configs:
             size, batch = map(int, cfg.split("x"))
@@ -139,10 +141,19 @@ def main():
                         f"{res['xla'] * 1e3:8.3f}{res['im2col'] * 1e3:11.3f}"
                         f"{res['xla>im2col'] * 1e3:10.3f}{res['auto'] * 1e3:9.3f}  {best:10}"
                     )
+                    total = sums.setdefault((net, cfg, mode), [0.0, 0.0])
+                    total[0] += res["auto"]
                     if ref:
                         t = ref[f"{net}/{cfg}/{i}/{mode}"]
+                        total[1] += t
                         line += f"{t * 1e3:10.3f}{res['auto'] / t:12.2f}"
                     print(line, flush=True)
+    print("\nWhole trunk, summed over its convs (ms; a pair is two such passes at batch 1):")
+    for (net, cfg, mode), (ours, theirs) in sums.items():
+        line = f"{net:5}{cfg:>8}  {mode:5} auto {ours * 1e3:8.2f}"
+        if ref:
+            line += f"  torch {theirs * 1e3:8.2f}  auto/torch {ours / theirs:5.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+"""Where the compile time of ``distance`` goes, on this machine's default backend.
+
+    python bench/bench_compile.py                       # vgg 64x64 batch 1, forward+backward
+    python bench/bench_compile.py --net squeeze --size 256 --batch 8 --mode fwd
+    python bench/bench_compile.py --kernels 15          # also the 15 costliest kernels
+
+Splits the first call's cost into tracing + lowering to StableHLO (``jit(...).lower``,
+Python) and XLA's compile (``.compile()``), then compiles once more under the profiler
+(host tracer level 3, which records XLA's own trace events) and sums XLA's phases:
+HLO passes, the emission of each fused kernel (``FusionCompiler::Compile``, per kernel,
+run on a thread pool: the sum is CPU time, not wall time), LLVM's code generation for all
+kernels (``Codegen``, wall time) and the thunk emitter. The kernel table names each
+kernel's HLO fusion, its op count and the JAX op it came from, so that the costliest
+(or the most numerous) kinds show. squeeze runs with a random trunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+
+import lpips_jax
+
+_PHASES = (
+    "HLO passes through layout assignment",
+    "HLO passes after layout assignment",
+    "FusionCompiler::Compile",
+    "Codegen",
+    "ThunkEmitter::EmitEntryComputation",
+)
+
+
+def _params(net):
+    if net != "squeeze":
+        return lpips_jax.load(net)
+    trunk = lpips_jax.Trunk(net="squeeze").init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    heads = {
+        f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1.0 / c)}
+        for k, c in enumerate(lpips_jax.tap_channels("squeeze"))
+    }
+    return lpips_jax.LPIPSParams(trunk=trunk["params"], heads=heads, net="squeeze")
+
+
+def _op_names(hlo_text):
+    """{instruction name: (shape, JAX op name)} of the compiled module's instructions."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ", line)
+        if m:
+            op = re.search(r'op_name="([^"]+)"', line)
+            out[m.group(1)] = (m.group(2), op.group(1) if op else "?")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--net", default="vgg", choices=("alex", "vgg", "squeeze"))
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--mode", default="fwdbwd", choices=("fwd", "fwdbwd"))
+    ap.add_argument("--kernels", type=int, default=0, help="list the N costliest kernels")
+    args = ap.parse_args()
+
+    p = _params(args.net)
+    x = jnp.full((args.batch, args.size, args.size, 3), 0.1, jnp.float32)
+    y = x * 0.5
+
+    def dist(p, x, y):
+        return lpips_jax.distance(p, x, y)
+
+    f = dist if args.mode == "fwd" else jax.value_and_grad(lambda p, x, y: dist(p, x, y).sum(), 1)
+    t0 = time.perf_counter()
+    lowered = jax.jit(f).lower(p, x, y)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    print(f"{args.net} {args.size}x{args.size} batch {args.batch} {args.mode} on {jax.default_backend()}")
+    print(f"trace + lower {t1 - t0:.2f} s, XLA compile {t2 - t1:.2f} s, total {t2 - t0:.2f} s")
+
+    with tempfile.TemporaryDirectory() as out:
+        opts = jax.profiler.ProfileOptions()
+        opts.host_tracer_level = 3
+        opts.python_tracer_level = 0
+        jax.profiler.start_trace(out, create_perfetto_trace=True, profiler_options=opts)
+        t0 = time.perf_counter()
+        jax.jit(lambda *a: f(*a)).lower(p, x, y).compile()  # a fresh lowering: no cache hit
+        t_prof = time.perf_counter() - t0
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(f"{out}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as fh:
+            events = json.load(fh)
+    events = [e for e in events.get("traceEvents", events) if e.get("ph") == "X"]
+    total = collections.Counter()
+    for e in events:
+        total[e["name"]] += e["dur"] / 1e3
+    kernels = [e for e in events if e["name"] == "FusionCompiler::Compile"]
+    print(
+        f"again, lowered and compiled under the profiler: {t_prof:.2f} s; "
+        f"{len(kernels)} fused kernels emitted"
+    )
+    for phase in _PHASES:  # HLO pass events carry the module's name: "... (jit_f)"
+        ms = sum(t for name, t in total.items() if name == phase or name.startswith(phase + " ("))
+        note = " (CPU time over the thread pool)" if phase == "FusionCompiler::Compile" else ""
+        print(f"  {phase:40s} {ms:8.1f} ms{note}")
+    if not kernels:
+        return
+    per = sorted(kernels, key=lambda e: -e["dur"])
+    mean = sum(e["dur"] for e in kernels) / len(kernels) / 1e3
+    print(f"  per kernel: mean {mean:.1f} ms, max {per[0]['dur'] / 1e3:.1f} ms")
+    names = _op_names(compiled.as_text())
+    kinds = collections.Counter()
+    for e in kernels:
+        module = e.get("args", {}).get("module", "")
+        inst = module.replace("_kernel_module", "").replace("__compute_module_", "")
+        op = names.get(inst, ("", "?"))[1]
+        # e.g. "transpose(jvp(Trunk))/Trunk._run_block/features_10/pad" -> "transpose .../pad"
+        tail = re.sub(r"features_\d+", "F", op.split("/")[-1])
+        kinds[("transpose " if "transpose(" in op else "") + tail] += 1
+    print("  kernels by the JAX op they end in:", ", ".join(f"{k} {v}" for k, v in kinds.most_common(12)))
+    for e in per[: args.kernels]:
+        a = e.get("args", {})
+        inst = a.get("module", "").replace("_kernel_module", "").replace("__compute_module_", "")
+        shape, op = names.get(inst, ("?", "?"))
+        print(
+            f"    {e['dur'] / 1e3:6.1f} ms  ops {a.get('op_count', '?'):>4}  {inst:32s} "
+            f"{shape:28s} {op[-80:]}"
+        )
+
+
+if __name__ == "__main__":
+    main()
