@@ -27,6 +27,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+from bench_speed import bench_params  # bench/ is on sys.path when run as a script
 
 import lpips_jax
 
@@ -37,17 +38,6 @@ _PHASES = (
     "Codegen",
     "ThunkEmitter::EmitEntryComputation",
 )
-
-
-def _params(net):
-    if net != "squeeze":
-        return lpips_jax.load(net)
-    trunk = lpips_jax.Trunk(net="squeeze").init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
-    heads = {
-        f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1.0 / c)}
-        for k, c in enumerate(lpips_jax.tap_channels("squeeze"))
-    }
-    return lpips_jax.LPIPSParams(trunk=trunk["params"], heads=heads, net="squeeze")
 
 
 def _op_names(hlo_text):
@@ -70,7 +60,7 @@ def main():
     ap.add_argument("--kernels", type=int, default=0, help="list the N costliest kernels")
     args = ap.parse_args()
 
-    p = _params(args.net)
+    p = bench_params(args.net)
     x = jnp.full((args.batch, args.size, args.size, 3), 0.1, jnp.float32)
     y = x * 0.5
 

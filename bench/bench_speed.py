@@ -50,6 +50,24 @@ CONFIGS_QUICK = [(net, 64, b) for net in ("alex", "vgg") for b in (1, 32)]
 
 
 # ----------------------------------------------------------------------------- workers
+def bench_params(net):
+    """Shipped params for alex and vgg; for squeeze (no ImageNet trunk is shipped) a random
+    trunk (seed 0) and uniform heads, 1/C per channel."""
+    import jax
+    import jax.numpy as jnp
+
+    import lpips_jax
+
+    if net != "squeeze":
+        return lpips_jax.load(net)
+    trunk = lpips_jax.Trunk(net="squeeze").init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+    heads = {
+        f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1.0 / c)}
+        for k, c in enumerate(lpips_jax.tap_channels("squeeze"))
+    }
+    return lpips_jax.LPIPSParams(trunk=trunk["params"], heads=heads, net="squeeze")
+
+
 def _timeit(fn, min_time, repeats):
     # warm-up: one call (a slow configuration), or up to three
     t0 = time.perf_counter()
@@ -83,17 +101,7 @@ def _worker_ours(device):
 
     def params_for(net):
         if net not in params_cache:
-            if net == "squeeze":
-                trunk = lpips_jax.Trunk(net="squeeze").init(
-                    jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))
-                )["params"]
-                heads = {
-                    f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1.0 / c)}
-                    for k, c in enumerate(lpips_jax.tap_channels("squeeze"))
-                }
-                params_cache[net] = lpips_jax.LPIPSParams(trunk=trunk, heads=heads, net="squeeze")
-            else:
-                params_cache[net] = lpips_jax.load(net)
+            params_cache[net] = bench_params(net)
         return params_cache[net]
 
     for line in sys.stdin:
