@@ -2,7 +2,8 @@
 
 On the CPU, XLA expands JAX's own max-pool derivative (a select-and-scatter) into index
 arithmetic and a scatter, so the pool has a custom JVP (``lpips_jax._nets._window_max``):
-a chain of selects over the window's strided views. Its derivative must be PyTorch's,
+a chain of selects over the window's strided views (for windows that tile the input, the
+same rule over a reshape of the windows). Its derivative must be PyTorch's,
 including where a window holds equal values (PyTorch keeps the first maximum in row-major
 order): the inputs below are rounded to integers so that ties are everywhere, and
 constant and all-ReLU-zero inputs are among them.
@@ -55,7 +56,10 @@ def test_max_pool_value_and_gradient_equal_torch(case, kind):
     np.testing.assert_array_equal(np.asarray(gx), xt.grad.numpy().transpose(0, 2, 3, 1))
 
 
-def test_max_pool_forward_mode_and_second_order():
+# (kernel, stride, ceil, the -inf padding of W that makes VALID windows give ceil mode):
+# the strided-views tangent (3x3/2) and the tiled one (2x2/2, on 9 rows: the last unused).
+@pytest.mark.parametrize("kernel, stride, ceil, pad_w", [(3, 2, True, 1), (2, 2, False, 0)])
+def test_max_pool_forward_mode_and_second_order(kernel, stride, ceil, pad_w):
     """Without ties the pool's derivatives of every order equal JAX's own reduce-window's."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 9, 8, 3))
@@ -63,11 +67,12 @@ def test_max_pool_forward_mode_and_second_order():
         x = jnp.asarray(x)
 
         def ours(a):
-            return jnp.sum(jnp.tanh(_nets.max_pool(a, 3, 2, True)) ** 2)
+            return jnp.sum(jnp.tanh(_nets.max_pool(a, kernel, stride, ceil)) ** 2)
 
         def theirs(a):
-            a = jnp.pad(a, ((0, 0), (0, 0), (0, 1), (0, 0)), constant_values=-jnp.inf)
-            y = jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+            a = jnp.pad(a, ((0, 0), (0, 0), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+            window, step = (1, kernel, kernel, 1), (1, stride, stride, 1)
+            y = jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, window, step, "VALID")
             return jnp.sum(jnp.tanh(y) ** 2)
 
         assert ours(x) == theirs(x)
