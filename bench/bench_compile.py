@@ -51,6 +51,12 @@ def _op_names(hlo_text):
     return out
 
 
+def _instruction(event):
+    """The HLO instruction a ``FusionCompiler::Compile`` event emitted, from its module name."""
+    module = event.get("args", {}).get("module", "")
+    return module.replace("_kernel_module", "").replace("__compute_module_", "")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--net", default="vgg", choices=("alex", "vgg", "squeeze"))
@@ -109,16 +115,13 @@ def main():
     names = _op_names(compiled.as_text())
     kinds = collections.Counter()
     for e in kernels:
-        module = e.get("args", {}).get("module", "")
-        inst = module.replace("_kernel_module", "").replace("__compute_module_", "")
-        op = names.get(inst, ("", "?"))[1]
+        op = names.get(_instruction(e), ("", "?"))[1]
         # e.g. "transpose(jvp(Trunk))/Trunk._run_block/features_10/pad" -> "transpose .../pad"
         tail = re.sub(r"features_\d+", "F", op.split("/")[-1])
         kinds[("transpose " if "transpose(" in op else "") + tail] += 1
     print("  kernels by the JAX op they end in:", ", ".join(f"{k} {v}" for k, v in kinds.most_common(12)))
     for e in per[: args.kernels]:
-        a = e.get("args", {})
-        inst = a.get("module", "").replace("_kernel_module", "").replace("__compute_module_", "")
+        a, inst = e.get("args", {}), _instruction(e)
         shape, op = names.get(inst, ("?", "?"))
         print(
             f"    {e['dur'] / 1e3:6.1f} ms  ops {a.get('op_count', '?'):>4}  {inst:32s} "
