@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from lpips_jax import _checks, _nets
@@ -117,8 +118,12 @@ def normalize_channels(f: jax.Array) -> jax.Array:
     return f / (norm + jnp.asarray(NORM_EPS, dt))
 
 
-def _trunk_module(params: LPIPSParams, dtype: Any, remat: bool, precision: Any) -> _nets.Trunk:
-    return _nets.Trunk(net=params.net, dtype=dtype, remat=remat, precision=precision)
+def _trunk_module(
+    params: LPIPSParams, dtype: Any, remat: bool, precision: Any, tangent_rows: Any = None
+) -> _nets.Trunk:
+    return _nets.Trunk(
+        net=params.net, dtype=dtype, remat=remat, precision=precision, tangent_rows=tangent_rows
+    )
 
 
 def _widen(x: jax.Array) -> jax.Array:
@@ -166,9 +171,10 @@ def features(
 def _trunk_apply(params, dtype, remat, precision):
     """The trunk as a function of its params and scaled images (returns the raw taps)."""
 
-    def apply(trunk_params, xs):
+    def apply(trunk_params, xs, tangent_rows=None):
         dt = _compute_dtype(dtype, xs, trunk_params)
-        return _trunk_module(params, dt, remat, precision).apply({"params": trunk_params}, xs)
+        trunk = _trunk_module(params, dt, remat, precision, tangent_rows)
+        return trunk.apply({"params": trunk_params}, xs)
 
     return apply
 
@@ -179,17 +185,23 @@ def _trunk_fn(params, dtype, remat, precision):
     return lambda xs: apply(params.trunk, xs)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _pair_taps(apply, trunk_params, xs, ys):
-    """``(apply(trunk_params, xs), apply(trunk_params, ys))``, as one pass over both.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _pair_taps(raw, finish, one_pass_grad, trunk_params, xs, ys):
+    """``(taps(xs), taps(ys))`` with ``taps = finish(raw(trunk_params, .))``, as one trunk
+    pass over both images.
 
-    The value runs the trunk once on the two images stacked along the batch (for a batch
-    of 1 on the CPU: fewer, larger convs; vgg 64x64 forward 1.1-1.3x faster); the derivatives
-    run the two trunks apart, as :func:`_pair_maps_with` does, so that an image whose
-    tangent is zero (the reference y of a loss) keeps nothing for a backward pass.
+    ``raw(trunk_params, images, tangent_rows=None)``: the trunk's raw taps; ``finish``: what
+    follows per image (the normalisation). The value runs the trunk once on the two
+    images stacked along the batch (for a batch of 1 on the CPU: fewer, larger convs; vgg
+    64x64 forward 1.1-1.3x faster). With ``one_pass_grad``, so does a derivative w.r.t.
+    one image (a loss's x, the reference y a constant): the trunk's convs, ReLUs and pools
+    take their derivatives on that image's half of the batch alone (``tangent_rows``), so
+    the constant image's trunk runs forward only and keeps nothing for a backward pass.
+    Any other derivative (both images, the trunk's params, or without ``one_pass_grad``)
+    runs the two trunks apart, as :func:`_pair_maps_with`.
     """
     n = xs.shape[0]
-    taps = apply(trunk_params, jnp.concatenate([xs, ys]))
+    taps = finish(raw(trunk_params, jnp.concatenate([xs, ys])))
     return tuple(t[:n] for t in taps), tuple(t[n:] for t in taps)
 
 
@@ -198,15 +210,34 @@ def _is_zero(t) -> bool:
 
 
 @functools.partial(_pair_taps.defjvp, symbolic_zeros=True)
-def _pair_taps_jvp(apply, primals, tangents):
+def _pair_taps_jvp(raw, finish, one_pass_grad, primals, tangents):
     p, xs, ys = primals
     dp, dxs, dys = tangents
     dp_leaves = jax.tree_util.tree_leaves(dp, is_leaf=_is_zero)
     p_const = all(_is_zero(t) for t in dp_leaves)
+    if one_pass_grad and p_const and _is_zero(dys) != _is_zero(dxs):
+        # One image differentiated: the one pass over both, the differentiated image first.
+        flip = _is_zero(dxs)
+        a, b, da = (ys, xs, dys) if flip else (xs, ys, dxs)
+        n = a.shape[0]
+        zero = jnp.zeros((), da.dtype)
+        pad = ((0, b.shape[0], 0),) + ((0, 0, 0),) * (da.ndim - 1)
+        r, dr = jax.jvp(
+            lambda s: raw(p, s, tangent_rows=n),
+            (jnp.concatenate([a, b]),), (lax.pad(da, zero, pad),),
+        )  # fmt: skip
+        ta, dta = jax.jvp(finish, (tuple(u[:n] for u in r),), (tuple(u[:n] for u in dr),))
+        tb = finish(tuple(u[n:] for u in r))
+        dtb = tuple(jnp.zeros_like(u) for u in tb)
+        return ((tb, ta), (dtb, dta)) if flip else ((ta, tb), (dta, dtb))
+
     if not p_const:  # some trunk params are differentiated: zeros for the others
         dp = jax.tree_util.tree_map(
             lambda t, v: jnp.zeros_like(v) if _is_zero(t) else t, dp, p, is_leaf=_is_zero
         )
+
+    def apply(q, s):
+        return finish(raw(q, s))
 
     def one(s, ds):
         if _is_zero(ds):
@@ -225,8 +256,11 @@ def _pair_taps_jvp(apply, primals, tangents):
 
 def _taps(trunk, version, xb, normalize):
     """Scaling layer, ``trunk`` (a function or a bound module), unit-normalised taps."""
-    xs = scale_inputs(_widen(xb), version, normalize)
-    return tuple(normalize_channels(t) for t in trunk(xs))
+    return _normalize_taps(trunk(scale_inputs(_widen(xb), version, normalize)))
+
+
+def _normalize_taps(taps):
+    return tuple(normalize_channels(t) for t in taps)
 
 
 def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
@@ -272,6 +306,9 @@ def _pair_maps_with(trunk, params, xb, yb, normalize):
     return _zero_identical(_head_maps(params, fx, fy), xb, yb)
 
 
+_ONE_PASS_GRAD_AREA = 256 * 256
+
+
 def _pair_maps(params, x, y, normalize, dtype, remat, precision):
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
     if xb.shape[0] == 1 and xb.dtype == yb.dtype and jax.default_backend() == "cpu":
@@ -279,10 +316,20 @@ def _pair_maps(params, x, y, normalize, dtype, remat, precision):
         # was measured (the CPU); at larger batches it gained nothing there.
         trunk = _trunk_apply(params, dtype, remat, precision)
 
-        def taps(trunk_params, images):
-            return _taps(functools.partial(trunk, trunk_params), params.version, images, normalize)
+        def raw(trunk_params, images, tangent_rows=None):
+            xs = scale_inputs(_widen(images), params.version, normalize)
+            return trunk(trunk_params, xs, tangent_rows=tangent_rows)
 
-        fx, fy = _pair_taps(taps, params.trunk, xb, yb)
+        # The derivative through the one pass too where it was measured faster: trunks
+        # whose pools tile their input (vgg, batch 1 forward+backward: 64x64 1.10x,
+        # 128x128 1.09x, 256x256 1.01-1.04x); alex's and squeeze's overlapping pools took
+        # their derivative more slowly on half a batch (alex 128x128 0.93x, squeeze
+        # 256x256 0.87x). Up to 256x256: it costs memory (XLA keeps the pass's buffers
+        # whole, both images: vgg 512x512 grad temp 566 -> 718 MiB); not with remat.
+        one_pass_grad = (
+            not remat and _nets.pools_tile(params.net) and xb.shape[1] * xb.shape[2] <= _ONE_PASS_GRAD_AREA
+        )
+        fx, fy = _pair_taps(raw, _normalize_taps, one_pass_grad, params.trunk, xb, yb)
         maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
     else:
         trunk = _trunk_fn(params, dtype, remat, precision)

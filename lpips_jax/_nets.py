@@ -121,6 +121,11 @@ def pool_output_size(n: int, kernel: int, stride: int, ceil: bool) -> int:
     return out
 
 
+def pools_tile(net: str) -> bool:
+    """Whether every max-pool of ``net`` has windows that tile its input (kernel == stride)."""
+    return all(layer.kernel == layer.stride for layer in LAYERS[net] if isinstance(layer, Pool))
+
+
 def tap_sizes(net: str, size: int) -> tuple[int, ...]:
     """Spatial length of each tap for an input of length ``size`` (one axis).
 
@@ -148,11 +153,13 @@ def min_size(net: str) -> int:
     return n
 
 
-def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
+def max_pool(
+    x: jax.Array, kernel: int, stride: int, ceil: bool, tangent_rows: int | None = None
+) -> jax.Array:
     """NHWC max-pool matching PyTorch's floor or ceil mode (no padding).
 
     Its derivative is PyTorch's: each window's gradient goes to its first maximum in
-    row-major order (see :func:`_window_max`).
+    row-major order (see :func:`_window_max`). ``tangent_rows``: as in :func:`conv2d`.
     """
     h, w = x.shape[-3], x.shape[-2]
     oh = pool_output_size(h, kernel, stride, ceil)
@@ -163,7 +170,7 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
     if ph or pw:
         pad = [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)]
         x = jnp.pad(x, pad, constant_values=-jnp.inf)
-    return _window_max(x, kernel, stride, oh, ow)
+    return _window_max(x, kernel, stride, oh, ow, _rows(tangent_rows, x))
 
 
 def _window_slices(x, kernel, stride, oh, ow):
@@ -181,8 +188,39 @@ def _window_slices(x, kernel, stride, oh, ow):
     return out
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
-def _window_max(x, kernel, stride, oh, ow):
+def _rows(tangent_rows, x):
+    """``tangent_rows`` if it leaves some of ``x``'s images out, else None."""
+    return tangent_rows if tangent_rows is not None and tangent_rows < x.shape[0] else None
+
+
+def _pad_rows(t, n):
+    """``t`` (the tangent of the first images of a batch) zero-padded to ``n`` images."""
+    return lax.pad(t, jnp.zeros((), t.dtype), ((0, n - t.shape[0], 0),) + ((0, 0, 0),) * (t.ndim - 1))
+
+
+def relu(x: jax.Array, tangent_rows: int | None = None) -> jax.Array:
+    """``jax.nn.relu``; with ``tangent_rows`` (as in :func:`conv2d`) its tangent is taken on
+    the first ``tangent_rows`` images alone, and only their mask is kept for a backward
+    pass."""
+    rows = _rows(tangent_rows, x)
+    return nn.relu(x) if rows is None else _relu_rows(x, rows)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _relu_rows(x, rows):
+    return nn.relu(x)
+
+
+@_relu_rows.defjvp
+def _relu_rows_jvp(rows, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    t = dx[:rows]
+    dy = lax.select(x[:rows] > 0, t, lax.full_like(t, 0))  # jax.nn.relu's own rule
+    return _relu_rows(x, rows), _pad_rows(dy, x.shape[0])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _window_max(x, kernel, stride, oh, ow, rows=None):
     """VALID max-pool of ``x`` whose derivative routes each window to its first maximum.
 
     The value is XLA's reduce-window. JAX's own derivative of a reduce-window max is a
@@ -192,6 +230,7 @@ def _window_max(x, kernel, stride, oh, ow):
     transpose is padding and adds (for windows that tile the input, the same rule over a
     reshape: :func:`_tiled_max_tangent`). "First maximum" is PyTorch's rule (its CPU and CUDA
     kernels keep the first of equal values), which matters where a window holds ties.
+    ``rows``: the tangent is taken on the first ``rows`` images alone (see ``conv2d``).
     """
     return lax.reduce_window(
         x, -jnp.inf, lax.max, (1,) * (x.ndim - 3) + (kernel, kernel, 1),
@@ -200,18 +239,25 @@ def _window_max(x, kernel, stride, oh, ow):
 
 
 @_window_max.defjvp
-def _window_max_jvp(kernel, stride, oh, ow, primals, tangents):
+def _window_max_jvp(kernel, stride, oh, ow, rows, primals, tangents):
     (x,), (dx,) = primals, tangents
-    y = _window_max(x, kernel, stride, oh, ow)
+    y = _window_max(x, kernel, stride, oh, ow, rows)
+    if rows is not None:
+        dy = _max_tangent(x[:rows], dx[:rows], y[:rows], kernel, stride, oh, ow)
+        return y, _pad_rows(dy, x.shape[0])
+    return y, _max_tangent(x, dx, y, kernel, stride, oh, ow)
+
+
+def _max_tangent(x, dx, y, kernel, stride, oh, ow):
     if kernel == stride:
-        return y, _tiled_max_tangent(x, dx, y, kernel, oh, ow)
+        return _tiled_max_tangent(x, dx, y, kernel, oh, ow)
     views = _window_slices(x, kernel, stride, oh, ow)
     tviews = _window_slices(dx, kernel, stride, oh, ow)
     # Walk the window backwards so that the earliest maximum has the last word.
     dy = tviews[-1]
     for v, t in zip(views[-2::-1], tviews[-2::-1]):
         dy = jnp.where(v == y, t, dy)
-    return y, dy
+    return dy
 
 
 def _tiled_max_tangent(x, dx, y, k, oh, ow):
@@ -325,6 +371,7 @@ def conv2d(
     *,
     impl: str = "auto",
     precision: Any = None,
+    tangent_rows: int | None = None,
 ) -> jax.Array:
     """NHWC x HWIO convolution plus bias, as torch's ``Conv2d`` (symmetric zero padding).
 
@@ -334,20 +381,29 @@ def conv2d(
     one matmul), ``"s2d"`` (a strided conv rewritten as a stride-1 conv over
     space-to-depth blocks) or ``"auto"``: per layer, by backend and shapes, for the forward
     pass and for the derivatives separately (see :func:`_choose_impls`, :func:`_split_conv`).
+
+    ``tangent_rows``: a promise that only the first ``tangent_rows`` images of the batch
+    carry a tangent w.r.t. ``x`` (the others' are zero): the derivative w.r.t. ``x`` then
+    runs on those images alone. Used by the one-pass pair of :mod:`lpips_jax._metric`,
+    whose second half (the reference image) is not differentiated.
     """
     p = padding
+    n, h, w, ci = x.shape
+    rows = _rows(tangent_rows, x)
     if impl == "auto":
-        n, h, w, ci = x.shape
-        fwd, jvp = _choose_impls((n, h + 2 * p, w + 2 * p, ci), kernel.shape, stride)
+        padded = (n, h + 2 * p, w + 2 * p, ci)
+        fwd, jvp = _choose_impls(padded, kernel.shape, stride)
+        if rows is not None:  # the derivatives' form for the batch they run on
+            jvp = _choose_impls((rows, *padded[1:]), kernel.shape, stride)[1]
         if x.dtype != jnp.float32 or kernel.dtype != jnp.float32:
             # bfloat16/float16 convs never go to YNNPACK; a float64 conv stays where XLA
             # puts it (YNNPACK): its "eigen" forms fall to a generic loop (15x slower).
             fwd, jvp = ("xla" if i == "eigen" else i for i in (fwd, jvp))
-        if fwd != jvp or jvp == "eigen":
-            return _split_conv(x, kernel, stride, p, fwd, jvp, precision) + bias
+        if fwd != jvp or jvp == "eigen" or rows is not None:
+            return _split_conv(x, kernel, stride, p, fwd, jvp, precision, rows) + bias
         impl = fwd
-    if impl == "eigen":  # its derivatives need their own form too (_conv_tangent_x)
-        return _split_conv(x, kernel, stride, p, impl, impl, precision) + bias
+    if impl == "eigen" or rows is not None:  # (eigen: its derivatives need their own form)
+        return _split_conv(x, kernel, stride, p, impl, impl, precision, rows) + bias
     return _conv(x, kernel, stride, p, impl, precision) + bias
 
 
@@ -470,8 +526,8 @@ def _conv_tangent_x(dx, kernel, p, precision):
     )  # fmt: skip
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _split_conv(x, kernel, stride, p, impl, jvp_impl, precision):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _split_conv(x, kernel, stride, p, impl, jvp_impl, precision, rows=None):
     """A conv whose value is computed by ``impl`` and its derivatives by ``jvp_impl``.
 
     Both compute the same linear map, so the JVP (and the VJP, JAX's transpose of it) is
@@ -481,22 +537,29 @@ def _split_conv(x, kernel, stride, p, impl, jvp_impl, precision):
     w.r.t. its input is a conv over a 4-dilated input, which XLA:CPU runs slowly: that
     layer's forward+backward at 256x256 batch 8 went from 63 ms to 25 ms, at 64x64 batch
     32 from 10.8 to 4.8 ms).
+
+    ``rows`` (if not None): only the first ``rows`` images of ``x`` have a nonzero tangent
+    (see :func:`conv2d`'s ``tangent_rows``); the derivative w.r.t. ``x`` runs on them alone.
     """
     return _conv(x, kernel, stride, p, impl, precision)
 
 
 @functools.partial(_split_conv.defjvp, symbolic_zeros=True)
-def _split_conv_jvp(stride, p, impl, jvp_impl, precision, primals, tangents):
+def _split_conv_jvp(stride, p, impl, jvp_impl, precision, rows, primals, tangents):
     x, kernel = primals
     dx, dk = tangents
     y = _conv(x, kernel, stride, p, impl, precision)
     dy = None
     if not isinstance(dx, SymbolicZero):
+        if rows is not None:
+            dx = dx[:rows]
         if jvp_impl == "eigen":
             _check_eigen(stride)
             dy = _conv_tangent_x(dx, kernel, p, precision)
         else:
             dy = _conv(dx, kernel, stride, p, jvp_impl, precision)
+        if rows is not None:  # the other images' tangents are zero
+            dy = _pad_rows(dy, y.shape[0])
     if not isinstance(dk, SymbolicZero):
         # (for "eigen": the kernel gradient is JAX's own transpose of XLA's conv)
         t = _conv(x, dk, stride, p, "xla" if jvp_impl == "eigen" else jvp_impl, precision)
@@ -514,6 +577,7 @@ class _Conv(nn.Module):
     dtype: Any = None
     precision: Any = None
     impl: str = "auto"
+    tangent_rows: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -525,7 +589,7 @@ class _Conv(nn.Module):
         dtype = self.dtype or x.dtype
         return conv2d(
             x.astype(dtype), kernel.astype(dtype), bias.astype(dtype), self.stride, self.padding,
-            impl=self.impl, precision=self.precision,
+            impl=self.impl, precision=self.precision, tangent_rows=self.tangent_rows,
         )  # fmt: skip
 
 
@@ -535,15 +599,18 @@ class _FireModule(nn.Module):
     dtype: Any = None
     precision: Any = None
     impl: str = "auto"
+    tangent_rows: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         conv = lambda f, k, p, name: _Conv(  # noqa: E731
-            f, k, 1, p, dtype=self.dtype, precision=self.precision, impl=self.impl, name=name,
+            f, k, 1, p, dtype=self.dtype, precision=self.precision, impl=self.impl,
+            tangent_rows=self.tangent_rows, name=name,
         )  # fmt: skip
-        s = nn.relu(conv(self.squeeze, 1, 0, "squeeze")(x))
-        e1 = nn.relu(conv(self.expand, 1, 0, "expand1x1")(s))
-        e3 = nn.relu(conv(self.expand, 3, 1, "expand3x3")(s))
+        rows = self.tangent_rows
+        s = relu(conv(self.squeeze, 1, 0, "squeeze")(x), rows)
+        e1 = relu(conv(self.expand, 1, 0, "expand1x1")(s), rows)
+        e3 = relu(conv(self.expand, 3, 1, "expand3x3")(s), rows)
         return jnp.concatenate([e1, e3], axis=-1)
 
 
@@ -567,6 +634,9 @@ class Trunk(nn.Module):
     ``__call__(x)`` takes ``(N, H, W, 3)`` and returns the tuple of taps.
     ``dtype`` is the compute dtype (params stay float32); ``remat`` wraps each
     tap-to-tap block in ``jax.checkpoint`` to save memory in the backward pass.
+    ``tangent_rows``: a promise that only the first ``tangent_rows`` images carry a
+    tangent; the convs, ReLUs and pools then differentiate those alone (see
+    :func:`conv2d`).
     """
 
     net: str = "alex"
@@ -574,6 +644,7 @@ class Trunk(nn.Module):
     precision: Any = None
     remat: bool = False
     impl: str = "auto"
+    tangent_rows: int | None = None
 
     def setup(self):
         layers = {}
@@ -587,6 +658,7 @@ class Trunk(nn.Module):
                     dtype=_stem_dtype(self.dtype) if layer.index == 0 else self.dtype,
                     precision=self.precision,
                     impl=self.impl,
+                    tangent_rows=self.tangent_rows,
                     name=f"features_{layer.index}",
                 )
             elif isinstance(layer, Fire):
@@ -596,6 +668,7 @@ class Trunk(nn.Module):
                     dtype=self.dtype,
                     precision=self.precision,
                     impl=self.impl,
+                    tangent_rows=self.tangent_rows,
                     name=f"features_{layer.index}",
                 )
         self.layers = layers
@@ -613,11 +686,11 @@ class Trunk(nn.Module):
     def _run_block(self, block: Sequence[Any], x: jax.Array) -> jax.Array:
         for layer in block:
             if isinstance(layer, Conv):
-                x = nn.relu(self.layers[layer.index](x))
+                x = relu(self.layers[layer.index](x), self.tangent_rows)
             elif isinstance(layer, Fire):
                 x = self.layers[layer.index](x)
             else:
-                x = max_pool(x, layer.kernel, layer.stride, layer.ceil)
+                x = max_pool(x, layer.kernel, layer.stride, layer.ceil, self.tangent_rows)
         return x
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:

@@ -125,15 +125,19 @@ DERIVATIVE_CASES = [
 ]
 
 
+def _random_conv(xs, kk, co, seed):
+    """A generator, a standard-normal input of shape ``xs`` and a ``kk x kk`` kernel to ``co``."""
+    rng = np.random.default_rng(seed)
+    return rng, rng.standard_normal(xs), rng.standard_normal((kk, kk, xs[-1], co))
+
+
 @pytest.mark.parametrize("case", DERIVATIVE_CASES, ids=lambda c: f"{c[0]}-{c[2]}x{c[2]}s{c[3]}")
 def test_custom_jvp_conv_derivatives_of_every_order(case):
     """The convs with a custom JVP (on the CPU, a strided conv through its space-to-depth
     form; impl="eigen" through its own input-gradient form): forward mode, reverse mode and
     second order all equal XLA's own conv, in float64."""
     impl, xs, kk, s, p, co, seed = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(xs)
-    k = rng.standard_normal((kk, kk, xs[-1], co))
+    rng, x, k = _random_conv(xs, kk, co, seed)
     b = np.zeros(co)
     with jax.enable_x64():
         x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
@@ -152,6 +156,60 @@ def test_custom_jvp_conv_derivatives_of_every_order(case):
         hv = jax.jvp(jax.grad(f(impl)), (x, k), (tx, tk))[1]
         hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
         np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
+
+
+def _derivative(what, f):
+    if what == "jvp":
+        return lambda a, t: jax.jvp(f, (a,), (t,))
+    if what == "grad":
+        return lambda a, t: jax.grad(f)(a)
+    return lambda a, t: jax.jvp(jax.grad(f), (a,), (t,))[1]
+
+
+_SLOW = pytest.mark.slow  # ~10 s each: XLA:CPU compiles float64 convs slowly
+ROWS_CASES = [("auto", c) for c in CASES] + [
+    ("im2col", CASES[2]), ("s2d", CASES[0]),
+    pytest.param("xla", CASES[2], marks=_SLOW), pytest.param("eigen", CASES[2], marks=_SLOW),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("impl", "case"), ROWS_CASES, ids=lambda c: c if isinstance(c, str) else f"{c[1]}x{c[1]}s{c[2]}"
+)
+def test_tangent_rows_derivatives_equal_full_batch(impl, case):
+    """``tangent_rows=n`` (only the first n images carry a tangent w.r.t. x): with such a
+    tangent, forward mode, the gradient w.r.t. those images and the second order equal the
+    conv's own derivatives on the whole batch, in float64; the others' cotangent is zero
+    by that promise."""
+    xs, kk, s, p, co = case
+    xs = (xs[0] + 2, *xs[1:])  # 2 more images than the differentiated ones
+    n = xs[0] - 2
+    rng, x, k = _random_conv(xs, kk, co, 11)
+    b = rng.standard_normal(co)
+    with jax.enable_x64():
+        x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
+
+        def f(rows):
+            def loss(head):  # the first n images as the argument, the rest constant
+                full = jnp.concatenate([head, x[n:]])
+                out = _nets.conv2d(full, k, b, s, p, impl=impl, tangent_rows=rows)
+                w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
+                return jnp.sum(jnp.tanh(out) * w)
+
+            return loss
+
+        head = x[:n]
+        t = jnp.asarray(rng.standard_normal(head.shape))
+        for what in ("jvp", "grad", "jvp of grad"):
+            got, want = (jax.jit(_derivative(what, f(rows)))(head, t) for rows in (n, None))
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, err_msg=what)
+        # The promise: the other images' cotangent is dropped, not computed.
+        def total(rows):
+            return lambda a: jnp.sum(_nets.conv2d(a, k, b, s, p, impl=impl, tangent_rows=rows))
+
+        g, g_full = (jax.jit(jax.grad(total(rows)))(x) for rows in (n, None))
+        np.testing.assert_allclose(g[:n], g_full[:n], rtol=1e-12)
+        assert np.any(np.asarray(g_full[n:])) and not np.any(np.asarray(g[n:]))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="about XLA:CPU")
