@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from lpips_jax import _checks, _nets
@@ -220,11 +219,9 @@ def _pair_taps_jvp(raw, finish, one_pass_grad, primals, tangents):
         flip = _is_zero(dxs)
         a, b, da = (ys, xs, dys) if flip else (xs, ys, dxs)
         n = a.shape[0]
-        zero = jnp.zeros((), da.dtype)
-        pad = ((0, b.shape[0], 0),) + ((0, 0, 0),) * (da.ndim - 1)
         r, dr = jax.jvp(
             lambda s: raw(p, s, tangent_rows=n),
-            (jnp.concatenate([a, b]),), (lax.pad(da, zero, pad),),
+            (jnp.concatenate([a, b]),), (_nets.pad_rows(da, n + b.shape[0]),),
         )  # fmt: skip
         ta, dta = jax.jvp(finish, (tuple(u[:n] for u in r),), (tuple(u[:n] for u in dr),))
         tb = finish(tuple(u[n:] for u in r))
@@ -326,9 +323,8 @@ def _pair_maps(params, x, y, normalize, dtype, remat, precision):
         # their derivative more slowly on half a batch (alex 128x128 0.93x, squeeze
         # 256x256 0.87x). Up to 256x256: it costs memory (XLA keeps the pass's buffers
         # whole, both images: vgg 512x512 grad temp 566 -> 718 MiB); not with remat.
-        one_pass_grad = (
-            not remat and _nets.pools_tile(params.net) and xb.shape[1] * xb.shape[2] <= _ONE_PASS_GRAD_AREA
-        )
+        small = xb.shape[1] * xb.shape[2] <= _ONE_PASS_GRAD_AREA
+        one_pass_grad = not remat and small and _nets.pools_tile(params.net)
         fx, fy = _pair_taps(raw, _normalize_taps, one_pass_grad, params.trunk, xb, yb)
         maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
     else:

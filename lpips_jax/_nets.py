@@ -193,7 +193,7 @@ def _rows(tangent_rows, x):
     return tangent_rows if tangent_rows is not None and tangent_rows < x.shape[0] else None
 
 
-def _pad_rows(t, n):
+def pad_rows(t: jax.Array, n: int) -> jax.Array:
     """``t`` (the tangent of the first images of a batch) zero-padded to ``n`` images."""
     return lax.pad(t, jnp.zeros((), t.dtype), ((0, n - t.shape[0], 0),) + ((0, 0, 0),) * (t.ndim - 1))
 
@@ -216,7 +216,7 @@ def _relu_rows_jvp(rows, primals, tangents):
     (x,), (dx,) = primals, tangents
     t = dx[:rows]
     dy = lax.select(x[:rows] > 0, t, lax.full_like(t, 0))  # jax.nn.relu's own rule
-    return _relu_rows(x, rows), _pad_rows(dy, x.shape[0])
+    return _relu_rows(x, rows), pad_rows(dy, x.shape[0])
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4, 5))
@@ -244,7 +244,7 @@ def _window_max_jvp(kernel, stride, oh, ow, rows, primals, tangents):
     y = _window_max(x, kernel, stride, oh, ow, rows)
     if rows is not None:
         dy = _max_tangent(x[:rows], dx[:rows], y[:rows], kernel, stride, oh, ow)
-        return y, _pad_rows(dy, x.shape[0])
+        return y, pad_rows(dy, x.shape[0])
     return y, _max_tangent(x, dx, y, kernel, stride, oh, ow)
 
 
@@ -559,7 +559,7 @@ def _split_conv_jvp(stride, p, impl, jvp_impl, precision, rows, primals, tangent
         else:
             dy = _conv(dx, kernel, stride, p, jvp_impl, precision)
         if rows is not None:  # the other images' tangents are zero
-            dy = _pad_rows(dy, y.shape[0])
+            dy = pad_rows(dy, y.shape[0])
     if not isinstance(dk, SymbolicZero):
         # (for "eigen": the kernel gradient is JAX's own transpose of XLA's conv)
         t = _conv(x, dk, stride, p, "xla" if jvp_impl == "eigen" else jvp_impl, precision)
