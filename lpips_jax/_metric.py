@@ -118,7 +118,7 @@ def normalize_channels(f: jax.Array) -> jax.Array:
 
 
 def _trunk_module(
-    params: LPIPSParams, dtype: Any, remat: bool, precision: Any, tangent_rows: Any = None
+    params: LPIPSParams, dtype: Any, remat: bool, precision: Any, tangent_rows: int | None = None
 ) -> _nets.Trunk:
     return _nets.Trunk(
         net=params.net, dtype=dtype, remat=remat, precision=precision, tangent_rows=tangent_rows
