@@ -7,7 +7,8 @@ convs', ReLUs' and pools' derivatives on the differentiated image's half alone
 Reference: the two-pass path that every other batch size takes (``_pair_maps_with``). In
 float64 every derivative must agree with it to rounding: w.r.t. x, y, both, the trunk's
 params (all of them, or one layer's kernel alone, the others held fixed), forward mode,
-and the JVP of the gradient.
+and the JVP of the gradient. And the loss's gradient w.r.t. x against finite differences
+(float64, ``check_grads``): a scaling of the one-pass ReLU tangent by 1.001 fails it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 import lpips_jax
 from lpips_jax import _metric
@@ -149,6 +151,21 @@ def test_one_trunk_leaf_differentiated(case):
                 jax.grad(with_kernel(_two_pass), argnums)(k, x),
                 f"grad {argnums}",
             )
+
+
+@pytest.mark.slow  # ~30 s: float64, finite differences in a few directions
+def test_loss_gradient_matches_finite_differences(case):
+    """The loss's derivative w.r.t. x alone (y and params constant: the case the one-pass
+    derivative serves for vgg) against central finite differences, forward and reverse
+    mode (``jax.test_util.check_grads``), in float64 with the real trunk. An independent
+    check of the one-pass derivative, beside its equality with the two-pass path above.
+    Step 1e-7, as in test_grad.py: the trunk is piecewise linear, and larger steps can
+    cross a ReLU/max-pool kink."""
+    p, x, y = case
+    with jax.enable_x64():
+        check_grads(
+            jax.jit(lambda x: _paired(p, x, y)), (x,), order=1, modes=("fwd", "rev"), eps=1e-7
+        )
 
 
 def test_float32_value_equals_two_passes():
