@@ -163,9 +163,7 @@ def test_loss_gradient_matches_finite_differences(case):
     cross a ReLU/max-pool kink."""
     p, x, y = case
     with jax.enable_x64():
-        check_grads(
-            jax.jit(lambda x: _paired(p, x, y)), (x,), order=1, modes=("fwd", "rev"), eps=1e-7
-        )
+        check_grads(jax.jit(lambda x: _paired(p, x, y)), (x,), order=1, modes=("fwd", "rev"), eps=1e-7)
 
 
 def test_float32_value_equals_two_passes():
