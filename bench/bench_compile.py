@@ -12,6 +12,15 @@ run on a thread pool: the sum is CPU time, not wall time), LLVM's code generatio
 kernels (``Codegen``, wall time) and the thunk emitter. The kernel table names each
 kernel's HLO fusion, its op count and the JAX op it came from, so that the costliest
 (or the most numerous) kinds show. squeeze runs with a random trunk.
+
+    python bench/bench_compile.py --sweep               # every target configuration
+
+``--sweep``: the compile time of the issue's target configurations (alex and vgg at 64x64
+batch 1 and 32, 256x256 batch 1 and 8) in one process, after a warm-up compile of a
+configuration outside the set (so one-time costs of the process are not in the figures),
+over ``--rounds`` rounds that take the configurations in turn, each a fresh ``jax.jit``
+(no cache hit); ``--clear-caches`` also empties JAX's tracing caches before each one.
+Medians and ranges of trace + lower, XLA compile and their total.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import glob
 import gzip
 import json
 import re
+import statistics
 import tempfile
 import time
 
@@ -57,6 +67,47 @@ def _instruction(event):
     return module.replace("_kernel_module", "").replace("__compute_module_", "")
 
 
+_TARGETS = ((64, 1), (64, 32), (256, 1), (256, 8))  # (size, batch) of the issue's targets
+
+
+def _compile_time(p, size, batch, mode):
+    """(trace + lower, XLA compile) seconds of a fresh ``jax.jit`` of ``distance``."""
+    x = jnp.full((batch, size, size, 3), 0.1, jnp.float32)
+    y = x * 0.5
+
+    def dist(p, x, y):
+        return lpips_jax.distance(p, x, y)
+
+    f = dist if mode == "fwd" else jax.value_and_grad(lambda p, x, y: dist(p, x, y).sum(), 1)
+    t0 = time.perf_counter()
+    lowered = jax.jit(f).lower(p, x, y)
+    t1 = time.perf_counter()
+    lowered.compile()
+    return t1 - t0, time.perf_counter() - t1
+
+
+def sweep(nets, mode, rounds, clear):
+    params = {net: bench_params(net) for net in nets}
+    configs = [(net, s, b) for net in nets for s, b in _TARGETS]
+    warm = _compile_time(params[nets[0]], 48, 2, mode)  # outside the set: one-time costs
+    print(f"{mode} on {jax.default_backend()}, jax {jax.__version__}; {rounds} rounds, "
+          f"{'tracing caches cleared before each' if clear else 'tracing caches kept'}; "
+          f"warm-up ({nets[0]} 48x48 batch 2): {sum(warm):.2f} s")  # fmt: skip
+    times = {c: [] for c in configs}
+    for _ in range(rounds):
+        for c in configs:
+            if clear:
+                jax.clear_caches()
+            times[c].append(_compile_time(params[c[0]], c[1], c[2], mode))
+    print(f"{'net':8s} {'size':>5s} {'batch':>5s}  {'lower':>6s} {'XLA':>6s} {'total':>6s}  range")
+    for (net, size, batch), ts in times.items():
+        lower = statistics.median(a for a, _ in ts)
+        xla = statistics.median(b for _, b in ts)
+        tot = [a + b for a, b in ts]
+        print(f"{net:8s} {size:5d} {batch:5d}  {lower:6.2f} {xla:6.2f} "
+              f"{statistics.median(tot):6.2f}  {min(tot):.2f}-{max(tot):.2f} s")  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--net", default="vgg", choices=("alex", "vgg", "squeeze"))
@@ -64,7 +115,14 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--mode", default="fwdbwd", choices=("fwd", "fwdbwd"))
     ap.add_argument("--kernels", type=int, default=0, help="list the N costliest kernels")
+    ap.add_argument("--sweep", action="store_true", help="every target configuration")
+    ap.add_argument("--nets", default="alex,vgg", help="with --sweep")
+    ap.add_argument("--rounds", type=int, default=3, help="with --sweep")
+    ap.add_argument("--clear-caches", action="store_true", help="with --sweep")
     args = ap.parse_args()
+    if args.sweep:
+        sweep(args.nets.split(","), args.mode, args.rounds, args.clear_caches)
+        return
 
     p = bench_params(args.net)
     x = jnp.full((args.batch, args.size, args.size, 3), 0.1, jnp.float32)
