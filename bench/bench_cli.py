@@ -149,9 +149,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None, help="CLI decoding threads")
     ap.add_argument("--dir", help="keep the images here instead of a temporary folder")
     ap.add_argument("--subprocess", action="store_true", help="also time the installed script")
-    ap.add_argument(
-        "--repeat", type=int, default=1, help="alternate the two timings N times, keep the best"
-    )
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the two timings N times, keep the best")
     args = ap.parse_args()
 
     root = args.dir or tempfile.mkdtemp(prefix="lpips_bench_")
@@ -159,10 +157,7 @@ def main() -> int:
         t0 = time.perf_counter()
         d0, d1 = make_folders(root, args.n, args.size)
         warm0, warm1 = make_folders(os.path.join(root, "warm"), args.batch_size, args.size, 10**6)
-        print(
-            f"wrote {args.n} pairs of {args.size}x{args.size} PNGs "
-            f"in {time.perf_counter() - t0:.1f} s"
-        )
+        print(f"wrote {args.n} pairs of {args.size}x{args.size} PNGs in {time.perf_counter() - t0:.1f} s")
         params = lpips_jax.load(args.net)
         print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
               f"{os.cpu_count()} CPUs, net {args.net}, batch {args.batch_size}")  # fmt: skip
@@ -187,10 +182,7 @@ def main() -> int:
         diff = float(np.max(np.abs(got - mem_d)))
 
         print(f"in-memory distance: {mem_rate:8.2f} pairs/s  (compile {mem_compile:.1f} s)")
-        print(
-            f"lpips-jax dirs:     {cli_rate:8.2f} pairs/s  "
-            f"(warm-up run with compile {warm_s:.1f} s)"
-        )
+        print(f"lpips-jax dirs:     {cli_rate:8.2f} pairs/s  (warm-up run with compile {warm_s:.1f} s)")
         ratio = cli_rate / mem_rate
         verdict = "ok" if ratio >= 0.70 else "BELOW the 0.70 target"
         print(f"ratio CLI / in-memory: {ratio:.3f} ({verdict}); max |CSV - in-memory| = {diff:.2e}")
@@ -199,10 +191,7 @@ def main() -> int:
             t0 = time.perf_counter()
             subprocess.run([exe, "dirs", d0, d1, "-o", out, *common], check=True)
             total = time.perf_counter() - t0
-            print(
-                f"lpips-jax dirs, new process end to end: {total:.1f} s "
-                f"= {args.n / total:.2f} pairs/s"
-            )
+            print(f"lpips-jax dirs, new process end to end: {total:.1f} s = {args.n / total:.2f} pairs/s")
     finally:
         if not args.dir:
             shutil.rmtree(root, ignore_errors=True)

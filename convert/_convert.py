@@ -46,12 +46,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     for k, v in obj.items():
         if not hasattr(v, "detach"):
             raise ConversionError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k] = (
-            v.detach()
-            .cpu()
-            .to(torch.float64 if v.dtype == torch.float64 else torch.float32)
-            .numpy()
-        )
+        out[k] = v.detach().cpu().to(torch.float64 if v.dtype == torch.float64 else torch.float32).numpy()
     return out
 
 
@@ -79,9 +74,7 @@ def _torch_name(name: str) -> str:
     if part == "heads":
         return f"{rest[0]}.model.1.weight"
     layer, *sub, kind = rest
-    return ".".join(
-        ["features", layer.split("_")[1], *sub, "weight" if kind == "kernel" else "bias"]
-    )
+    return ".".join(["features", layer.split("_")[1], *sub, "weight" if kind == "kernel" else "bias"])
 
 
 def _torch_layout(net: str, part: str) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -203,9 +196,7 @@ def convert_lpips_state_dict(
         elif np.shape(head_sd[name]) != np.shape(v) or not np.array_equal(head_sd[name], v):
             other.append(f"{k} (differs from {name}, which should be the same tensor)")
     if other:
-        raise ConversionError(
-            f"{source}: unexpected entries:\n" + "\n".join(f" + {k}" for k in other)
-        )
+        raise ConversionError(f"{source}: unexpected entries:\n" + "\n".join(f" + {k}" for k in other))
     missing = {
         name: f"net.slice*.{name.split('.', 1)[1]}"
         for name in _torch_layout(net, "trunk")
@@ -255,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             heads_src = args.lpips_state_dict
         else:
             if not args.trunk and not args.heads:
-                raise ConversionError(
-                    "give --trunk (and optionally --heads), or --lpips-state-dict"
-                )
+                raise ConversionError("give --trunk (and optionally --heads), or --lpips-state-dict")
             trunk = heads = {}
             if args.trunk:
                 trunk = convert_trunk(read_state_dict(args.trunk), args.net, args.trunk)

@@ -59,9 +59,7 @@ def torchvision_state_dict(ckpt: dict, net: str) -> dict:
     for j, i in enumerate(CONV_INDICES[net]):
         k = np.asarray(convs[f"Conv_{j}"]["kernel"], np.float32)  # HWIO
         sd[f"features.{i}.weight"] = torch.from_numpy(np.ascontiguousarray(k.transpose(3, 2, 0, 1)))
-        sd[f"features.{i}.bias"] = torch.from_numpy(
-            np.asarray(convs[f"Conv_{j}"]["bias"], np.float32)
-        )
+        sd[f"features.{i}.bias"] = torch.from_numpy(np.asarray(convs[f"Conv_{j}"]["bias"], np.float32))
     if len(convs) != len(CONV_INDICES[net]):
         raise SystemExit(f"{net}: expected {len(CONV_INDICES[net])} convs, found {sorted(convs)}")
     return sd
@@ -96,9 +94,7 @@ def main() -> int:
             for version in ("0.0", "0.1"):
                 src = lpips_weights / f"v{version}" / f"{net}.pth"
                 out = args.out / f"{net}_heads_v{version}.safetensors"
-                if convert_main(
-                    ["--net", net, "--heads", str(src), "--version", version, "--out", str(out)]
-                ):
+                if convert_main(["--net", net, "--heads", str(src), "--version", version, "--out", str(out)]):
                     return 1
 
     files = sorted(p.name for p in args.out.glob("*.safetensors"))

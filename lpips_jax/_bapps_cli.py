@@ -34,9 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "$TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )  # fmt: skip
     p.add_argument("--net", default="alex", choices=NETS, help="trunk (default: alex)")
-    p.add_argument(
-        "--version", default="0.1", choices=VERSIONS, help="LPIPS version (default: 0.1)"
-    )
+    p.add_argument("--version", default="0.1", choices=VERSIONS, help="LPIPS version (default: 0.1)")
     p.add_argument("--batch-size", type=int, default=50, help="batch size (default: 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -155,9 +153,7 @@ def run_train(args: argparse.Namespace) -> int:
     except (BappsDataError, ValueError, ImportError) as e:
         return _fail("train", e)
     for h in result.history:
-        print(
-            f"epoch {h['epoch']}: loss {h['loss']:.4f}  2AFC acc {h['acc']:.4f}  lr {h['lr']:.3g}"
-        )
+        print(f"epoch {h['epoch']}: loss {h['loss']:.4f}  2AFC acc {h['acc']:.4f}  lr {h['lr']:.3g}")
     print(f"wrote {args.out} (lpips_jax.load(path=...)); checkpoints in {ckdir}")
     print("export the heads to the official PyTorch lpips format with:")
     print("  " + EXPORT_HINT.format(out=args.out) + (" --trunk" if args.mode != "lin" else ""))

@@ -26,8 +26,7 @@ def check_version(version: Any) -> str:
         if isinstance(version, (int, float)) and not isinstance(version, bool):
             hint = f" (give the version as a string, e.g. version={str(version)!r})"
         raise ValueError(
-            f"version={version!r} is not known: expected one of "
-            f"{', '.join(map(repr, VERSIONS))}{hint}"
+            f"version={version!r} is not known: expected one of {', '.join(map(repr, VERSIONS))}{hint}"
         )
     return version
 
@@ -56,10 +55,7 @@ def check_images(x: Any, y: Any, net: str) -> None:
             hint = ""
             if shape[-3] == 3:
                 axes = "0, 2, 3, 1" if len(shape) == 4 else "1, 2, 0"
-                hint = (
-                    "; this looks like NCHW: move the channel axis last, "
-                    f"e.g. {name}.transpose({axes})"
-                )
+                hint = f"; this looks like NCHW: move the channel axis last, e.g. {name}.transpose({axes})"
             elif shape[-1] in (1, 4):
                 hint = "; convert grayscale or RGBA images to RGB first"
             raise ValueError(

@@ -77,9 +77,7 @@ def voc_ap(rec: Any, prec: Any) -> float:
     rec = np.concatenate(([0.0], np.asarray(rec, np.float64).reshape(-1), [1.0]))
     prec = np.concatenate(([0.0], np.asarray(prec, np.float64).reshape(-1), [0.0]))
     if rec.shape != prec.shape:
-        raise ValueError(
-            f"rec and prec must have the same length: got {rec.size - 2} and {prec.size - 2}"
-        )
+        raise ValueError(f"rec and prec must have the same length: got {rec.size - 2} and {prec.size - 2}")
     envelope = np.maximum.accumulate(prec[::-1])[::-1]
     changed = np.flatnonzero(rec[1:] != rec[:-1])
     return float(np.sum((rec[changed + 1] - rec[changed]) * envelope[changed + 1]))
@@ -306,9 +304,7 @@ class _ArraySource:
         images = [np.asarray(a) for a in images]
         shapes = {a.shape for a in images}
         if len(shapes) != 1 or images[0].ndim != 4 or images[0].shape[-1] != 3:
-            raise ValueError(
-                f"images have shapes {[a.shape for a in images]}: expected equal (N, H, W, 3)"
-            )
+            raise ValueError(f"images have shapes {[a.shape for a in images]}: expected equal (N, H, W, 3)")
         for a in images:
             if a.dtype != np.uint8:
                 raise TypeError(f"images have dtype {a.dtype}: expected uint8 in [0, 255]")
@@ -396,9 +392,7 @@ def resolve_metric(metric: Any, *, net: str = "alex", version: str = "0.1") -> t
         )
     if callable(metric):
         return metric, getattr(metric, "__name__", type(metric).__name__)
-    raise TypeError(
-        f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable or a name"
-    )
+    raise TypeError(f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable or a name")
 
 
 def _subsets(config: str, split: str, subsets: Iterable[str] | None, prepared: tuple[str, ...]):
@@ -406,8 +400,7 @@ def _subsets(config: str, split: str, subsets: Iterable[str] | None, prepared: t
 
     if split not in _layout.SUBSETS[config]:
         raise ValueError(
-            f"BAPPS {config} has no split {split!r}: "
-            f"expected one of {tuple(_layout.SUBSETS[config])}"
+            f"BAPPS {config} has no split {split!r}: expected one of {tuple(_layout.SUBSETS[config])}"
         )
     if subsets is None:
         return [s for s in _layout.SUBSETS[config][split] if f"{split}_{s}" in prepared]

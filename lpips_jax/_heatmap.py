@@ -131,9 +131,7 @@ def render(
     if background is not None:
         bg = np.asarray(background, np.float64)
         if bg.shape != dmap.shape + (3,):
-            raise ValueError(
-                f"background has shape {bg.shape}: expected {dmap.shape + (3,)} (H, W, 3)"
-            )
+            raise ValueError(f"background has shape {bg.shape}: expected {dmap.shape + (3,)} (H, W, 3)")
         rgb = alpha * rgb + (1.0 - alpha) * 255.0 * np.clip(bg, 0.0, 1.0)
     img = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
     h, w = dmap.shape

@@ -63,9 +63,7 @@ def _validate_params(params: Any) -> LPIPSParams:
     _checks.check_version(params.version)
     _checks.check_lpips(params.lpips)
     if params.lpips and params.heads is None:
-        raise ValueError(
-            "params.lpips is True but params.heads is None: load heads or set lpips=False"
-        )
+        raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
     return params
 
 
@@ -391,9 +389,7 @@ def distance(
     Returns:
       ``(N,)`` float32 distances, or ``()`` for unbatched input.
     """
-    per = layer_distances(
-        params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision
-    )
+    per = layer_distances(params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return _total(per)
 
 
@@ -408,9 +404,7 @@ def distance_from_features(
     params = _validate_params(params)
     n = len(_nets.tap_channels(params.net))
     if len(fx) != n or len(fy) != n:
-        raise ValueError(
-            f"expected {n} feature taps for net {params.net!r}: got {len(fx)} and {len(fy)}"
-        )
+        raise ValueError(f"expected {n} feature taps for net {params.net!r}: got {len(fx)} and {len(fy)}")
     return _total(_layer_means(_head_maps(params, fx, fy)))
 
 
@@ -456,9 +450,7 @@ class _Heads(nn.Module):
 
     @nn.compact
     def __call__(self) -> dict:
-        return {
-            f"lin{k}": {"kernel": _Lin(c, name=f"lin{k}")()} for k, c in enumerate(self.channels)
-        }
+        return {f"lin{k}": {"kernel": _Lin(c, name=f"lin{k}")()} for k, c in enumerate(self.channels)}
 
 
 class LPIPS(nn.Module):
@@ -485,9 +477,7 @@ class LPIPS(nn.Module):
         if self.lpips:
             heads = _Heads(_nets.tap_channels(self.net), name="heads")()
         # Build an LPIPSParams view with the trunk bound, then share the function path.
-        params = LPIPSParams(
-            trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips
-        )
+        params = LPIPSParams(trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips)
         params, xb, yb, unbatched = _prepare(params, x, y, normalize)
         trunk = _nets.Trunk(
             net=self.net, dtype=_compute_dtype(self.dtype, _widen(xb), None), remat=self.remat,
@@ -497,9 +487,7 @@ class LPIPS(nn.Module):
         return _unbatch(_total(_layer_means(maps)), unbatched)
 
 
-def to_params(
-    variables: dict, *, net: str, version: str = "0.1", lpips: bool = True
-) -> LPIPSParams:
+def to_params(variables: dict, *, net: str, version: str = "0.1", lpips: bool = True) -> LPIPSParams:
     """:class:`LPIPSParams` from an :class:`LPIPS` module's variables."""
     p = variables.get("params", variables)
     heads = p["heads"] if lpips else None

@@ -454,17 +454,11 @@ def _conv(x, kernel, stride, p, impl, precision):
         # Patches in two passes (kw slices along W, then kh along H): channel order
         # (dy, dx, c), the order of the HWIO kernel reshaped to (kh*kw*ci, co).
         wide = jnp.concatenate(
-            [
-                lax.slice_in_dim(xp, dx, dx + stride * (ow - 1) + 1, stride, axis=2)
-                for dx in range(kw)
-            ],
+            [lax.slice_in_dim(xp, dx, dx + stride * (ow - 1) + 1, stride, axis=2) for dx in range(kw)],
             axis=-1,
         )  # (N, h, ow, kw*ci)
         patches = jnp.concatenate(
-            [
-                lax.slice_in_dim(wide, dy, dy + stride * (oh - 1) + 1, stride, axis=1)
-                for dy in range(kh)
-            ],
+            [lax.slice_in_dim(wide, dy, dy + stride * (oh - 1) + 1, stride, axis=1) for dy in range(kh)],
             axis=-1,
         )  # (N, oh, ow, kh*kw*ci)
     return lax.dot_general(
@@ -582,9 +576,7 @@ class _Conv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features)
-        )
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
         dtype = self.dtype or x.dtype
         return conv2d(

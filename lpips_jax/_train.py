@@ -104,10 +104,7 @@ def init_heads(key: jax.Array, net: str) -> dict:
     """Random heads as the official trainer: ``U(-1/sqrt(C), 1/sqrt(C))``, ``(1, 1, C, 1)``."""
     channels = _nets.tap_channels(net)
     keys = jax.random.split(key, len(channels))
-    return {
-        f"lin{k}": {"kernel": _torch_uniform(c)(keys[k], (1, 1, c, 1))}
-        for k, c in enumerate(channels)
-    }
+    return {f"lin{k}": {"kernel": _torch_uniform(c)(keys[k], (1, 1, c, 1))} for k, c in enumerate(channels)}
 
 
 def init_trunk(key: jax.Array, net: str) -> dict:
@@ -432,9 +429,7 @@ def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
     mask = np.zeros((size,), np.float32)
     mask[:n] = 1.0
     if n < size:
-        batch = {
-            k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) for k, v in batch.items()
-        }
+        batch = {k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) for k, v in batch.items()}
     return {**batch, "mask": mask}
 
 
@@ -489,9 +484,7 @@ def load_checkpoint(
     except (SafetensorError, OSError) as e:
         raise ValueError(f"checkpoint {path}: not a readable safetensors file ({e})") from e
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
-        )
+        raise ValueError(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     saved = json.loads(meta["config"])
     want = dataclasses.asdict(cfg)
     diff = {k: (saved.get(k), want[k]) for k in want if saved.get(k) != want[k]}
@@ -518,9 +511,7 @@ def load_checkpoint(
     for i, leaf in enumerate(leaves):
         a = arrays.get(f"opt/{i:05d}")
         if a is None or a.size != np.size(leaf):
-            raise ValueError(
-                f"checkpoint {path}: optimizer state entry {i} missing or of another size"
-            )
+            raise ValueError(f"checkpoint {path}: optimizer state entry {i} missing or of another size")
         new_leaves.append(jnp.asarray(a.reshape(np.shape(leaf)), jnp.asarray(leaf).dtype))
     key_data = jnp.asarray(arrays["key"], jnp.uint32)
     state = template.replace(

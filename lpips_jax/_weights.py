@@ -141,9 +141,7 @@ def _check_part(flat: dict, net: str, part: str, where: str) -> dict:
     sub = {k: v for k, v in flat.items() if k.startswith(part + "/")}
     problems = compare({k: tuple(v.shape) for k, v in sub.items()}, expected_shapes(net, part))
     if problems:
-        raise WeightsError(
-            f"{where}: {part} params do not match net {net!r}:\n" + "\n".join(problems)
-        )
+        raise WeightsError(f"{where}: {part} params do not match net {net!r}:\n" + "\n".join(problems))
     for k, v in sub.items():
         if not np.issubdtype(v.dtype, np.floating):
             raise WeightsError(f"{where}: {k} has dtype {v.dtype}, expected a float dtype")
@@ -227,19 +225,14 @@ def load(
         file_version = meta.get("version")
         if lpips:
             if not has_heads:
-                raise WeightsError(
-                    f"{where} holds a trunk only: pass lpips=False, or convert with --heads"
-                )
+                raise WeightsError(f"{where} holds a trunk only: pass lpips=False, or convert with --heads")
             heads = _check_part(flat, net, "heads", where)
             if version is not None and file_version is not None and version != file_version:
                 raise WeightsError(
-                    f"{where} holds heads of version {file_version!r}, "
-                    f"but version={version!r} was asked for"
+                    f"{where} holds heads of version {file_version!r}, but version={version!r} was asked for"
                 )
         version = version or file_version or "0.1"
-        return LPIPSParams(
-            trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips
-        )
+        return LPIPSParams(trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips)
 
     net = net or "alex"
     version = version or "0.1"
@@ -253,9 +246,7 @@ def load(
         head_name = f"{net}_heads_v{version}.safetensors"
         hflat, _ = _shipped(head_name)
         heads = _check_part(hflat, net, "heads", head_name)
-    return LPIPSParams(
-        trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips
-    )
+    return LPIPSParams(trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips)
 
 
 def save(params: LPIPSParams, path: str | os.PathLike, *, trunk: bool = True) -> None:

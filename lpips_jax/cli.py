@@ -169,9 +169,7 @@ def _check_min_size(path: str, a: np.ndarray, net: str) -> None:
     if a.shape[0] < m or a.shape[1] < m:
         raise _PairFailure(
             f"{path} is {_wxh(a)}: net {net!r} needs images of at least {m}x{m} pixels "
-            f"(minimum sizes: "
-            + ", ".join(f"{n} {lpips_jax.min_size(n)}" for n in lpips_jax.NETS)
-            + ")"
+            f"(minimum sizes: " + ", ".join(f"{n} {lpips_jax.min_size(n)}" for n in lpips_jax.NETS) + ")"
         )
 
 
@@ -295,9 +293,7 @@ def _progress(args: argparse.Namespace, total: int, unit: str, desc: str) -> Any
     from tqdm import tqdm
 
     disable = not sys.stderr.isatty() if args.progress is None else not args.progress
-    return tqdm(
-        total=total, unit=unit, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True
-    )
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
 def _prefetch(
@@ -625,9 +621,7 @@ class _AllPairs:
     into blocks and the features of later blocks are recomputed for each earlier block.
     """
 
-    def __init__(
-        self, args: argparse.Namespace, params: lpips_jax.LPIPSParams, paths: list[str]
-    ) -> None:
+    def __init__(self, args: argparse.Namespace, params: lpips_jax.LPIPSParams, paths: list[str]) -> None:
         self.args, self.params, self.paths = args, params, paths
         self.n = len(paths)
         self.results: dict[tuple[int, int], float] = {}
@@ -670,9 +664,7 @@ class _AllPairs:
             for k in keys:
                 self._image_failed(k, msg)
 
-        batches = _Batches(
-            lambda x: _features_jit(self.params, x), self.batch, done, failed, depth=1
-        )
+        batches = _Batches(lambda x: _features_jit(self.params, x), self.batch, done, failed, depth=1)
 
         def read(i: int) -> tuple[np.ndarray, lio.ImageInfo]:
             a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
@@ -839,18 +831,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = argparse.ArgumentParser(add_help=False)
     g = model.add_argument_group("model")
-    g.add_argument(
-        "--net", choices=lpips_jax.NETS, default=None, help="trunk network (default: alex)"
-    )
+    g.add_argument("--net", choices=lpips_jax.NETS, default=None, help="trunk network (default: alex)")
     g.add_argument(
         "--version",
         choices=lpips_jax.VERSIONS,
         default=None,
         help="LPIPS head weights version (default: 0.1)",
     )
-    g.add_argument(
-        "--weights", metavar="FILE", help="params file written by convert or by training"
-    )
+    g.add_argument("--weights", metavar="FILE", help="params file written by convert or by training")
 
     reading = argparse.ArgumentParser(add_help=False)
     reading.add_argument(
@@ -893,14 +881,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dist",
         parents=[model, reading],
         help="distance of two images",
-        description="Print the LPIPS distance of two images: the number alone on the last "
-        "line of stdout.",
+        description="Print the LPIPS distance of two images: the number alone on the last line of stdout.",
     )
     p.add_argument("a", metavar="A", help="first image")
     p.add_argument("b", metavar="B", help="second image")
-    p.add_argument(
-        "--json", action="store_true", help='print {"a", "b", "net", "version", "distance"}'
-    )
+    p.add_argument("--json", action="store_true", help='print {"a", "b", "net", "version", "distance"}')
     p.set_defaults(func=cmd_dist)
 
     p = sub.add_parser(
@@ -933,8 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-feature-mb",
         type=_positive_float,
         default=DEFAULT_FEATURE_MB,
-        help="memory for cached features before working block by block "
-        f"(default: {DEFAULT_FEATURE_MB})",
+        help=f"memory for cached features before working block by block (default: {DEFAULT_FEATURE_MB})",
     )
     p.set_defaults(func=cmd_allpairs)
 

@@ -225,9 +225,7 @@ def to_unit(pixels: np.ndarray) -> np.ndarray:
     """
     scale = PIXEL_SCALE.get(np.dtype(pixels.dtype))
     if scale is None:
-        raise TypeError(
-            f"pixels have dtype {np.dtype(pixels.dtype).name}: expected uint8, uint16 or float32"
-        )
+        raise TypeError(f"pixels have dtype {np.dtype(pixels.dtype).name}: expected uint8, uint16 or float32")
     x = pixels.astype(np.float32)
     return x if scale == 1 else x / np.float32(scale)
 

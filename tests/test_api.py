@@ -38,9 +38,7 @@ def test_all_is_complete_and_importable():
     for name in names:
         assert getattr(lpips_jax, name) is not None, name
     public = {
-        n
-        for n, v in vars(lpips_jax).items()
-        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+        n for n, v in vars(lpips_jax).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)
     }
     assert public == set(names)
     ns: dict = {}
@@ -67,9 +65,7 @@ FUNCTIONS = [
 def test_optional_args_keyword_only(name):
     sig = inspect.signature(getattr(lpips_jax, name))
     positional_optional = tuple(
-        p.name
-        for p in sig.parameters.values()
-        if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY
+        p.name for p in sig.parameters.values() if p.default is not p.empty and p.kind is not p.KEYWORD_ONLY
     )
     assert positional_optional == POSITIONAL_OPTIONAL.get(name, ()), (
         f"{name}{sig}: optional arguments must come after '*'"
@@ -237,9 +233,7 @@ def test_to_params_round_trip(alex_params):
 
 def test_params_pytree(alex_params):
     leaves = jax.tree_util.tree_leaves(alex_params)
-    assert (
-        len(leaves) == 10 + 5
-    )  # 5 convs (kernel, bias) + 5 heads: net/version/lpips are not leaves
+    assert len(leaves) == 10 + 5  # 5 convs (kernel, bias) + 5 heads: net/version/lpips are not leaves
     assert all(isinstance(a, jax.Array) for a in leaves)
     assert len(jax.tree_util.tree_leaves(lpips_jax.load("alex", lpips=False))) == 10
     doubled = jax.tree_util.tree_map(lambda a: 2 * a, alex_params)

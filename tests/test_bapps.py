@@ -374,9 +374,7 @@ def test_scores_equal_official_logic_on_the_same_distances(prepared, mini):
                     _Loader([batch]), lambda p0, p1, d=d: torch.from_numpy(d[p0.numpy()])
                 )
                 assert res[task][subset] == pytest.approx(official, abs=1e-12)
-                assert res[task][subset] == pytest.approx(
-                    _straight_ap(list(d), list(label)), abs=1e-12
-                )
+                assert res[task][subset] == pytest.approx(_straight_ap(list(d), list(label)), abs=1e-12)
         mean = np.mean([res[task]["traditional"], res[task]["cnn"]])
         assert res[task]["mean"] == pytest.approx(mean)
 
@@ -537,9 +535,7 @@ def test_train_distance_without_dropout_is_lpips():
 
 
 def to_unit_official_np(u8):
-    return ((u8.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)).astype(
-        np.float32
-    )
+    return ((u8.astype(np.float32) / np.float32(255) - np.float32(0.5)) / np.float32(0.5)).astype(np.float32)
 
 
 def test_lin_training_lowers_loss_and_raises_2afc_accuracy(trained, prepared):
@@ -626,10 +622,7 @@ def test_exported_heads_work_in_official_lpips(trained, tmp_path):
     m = lpips.LPIPS(pretrained=True, net="alex", model_path=str(pth), pnet_rand=True, verbose=False)
     trunk = trunk_state_dict(result.params)
     m.net.load_state_dict(
-        {
-            k: trunk[f"features.{k.split('.', 2)[1]}.{k.split('.', 2)[2]}"]
-            for k in m.net.state_dict()
-        }
+        {k: trunk[f"features.{k.split('.', 2)[1]}.{k.split('.', 2)[2]}"] for k in m.net.state_dict()}
     )
     m.eval()
     with torch.no_grad():
@@ -639,9 +632,7 @@ def test_exported_heads_work_in_official_lpips(trained, tmp_path):
     # --trunk: one file with the trunk too; the official model loads both from it.
     full = tmp_path / "full.pth"
     assert export_main([str(out), str(full), "--trunk"]) == 0
-    m2 = lpips.LPIPS(
-        pretrained=True, net="alex", model_path=str(full), pnet_rand=True, verbose=False
-    )
+    m2 = lpips.LPIPS(pretrained=True, net="alex", model_path=str(full), pnet_rand=True, verbose=False)
     m2.eval()
     with torch.no_grad():
         theirs2 = m2(to_nchw(x), to_nchw(y)).numpy().reshape(-1)
@@ -684,8 +675,7 @@ def test_scratch_mode_trains_the_trunk(mini):
 
     start = init_trunk(jax.random.split(jax.random.PRNGKey(0), 4)[2], "alex")
     moved = [
-        not np.array_equal(a, b)
-        for a, b in zip(jax_leaves(start), jax_leaves(res.params.trunk), strict=True)
+        not np.array_equal(a, b) for a, b in zip(jax_leaves(start), jax_leaves(res.params.trunk), strict=True)
     ]
     assert all(moved)
     for k in range(5):

@@ -55,9 +55,7 @@ def test_rank(dist, alex_params, shape):
         dist(alex_params, x, x)
 
 
-@pytest.mark.parametrize(
-    ("shape", "fix"), [((2, 3, 64, 64), "(0, 2, 3, 1)"), ((3, 64, 64), "(1, 2, 0)")]
-)
+@pytest.mark.parametrize(("shape", "fix"), [((2, 3, 64, 64), "(0, 2, 3, 1)"), ((3, 64, 64), "(1, 2, 0)")])
 @pytest.mark.parametrize("fn", list(FUNCS))
 def test_nchw_hint(alex_params, shape, fn, fix):
     x = _img(shape)
@@ -65,13 +63,9 @@ def test_nchw_hint(alex_params, shape, fn, fix):
     for f in (FUNCS[fn], jax.jit(FUNCS[fn])):
         with pytest.raises(ValueError, match=r"expected \(\.\.\., H, W, 3\) NHWC.*looks like NCHW"):
             f(alex_params, x, x)
-        with pytest.raises(
-            ValueError, match=r"^x has shape .*e\.g\. x\.transpose" + re.escape(fix)
-        ):
+        with pytest.raises(ValueError, match=r"^x has shape .*e\.g\. x\.transpose" + re.escape(fix)):
             f(alex_params, x, y)
-        with pytest.raises(
-            ValueError, match=r"^y has shape .*e\.g\. y\.transpose" + re.escape(fix)
-        ):
+        with pytest.raises(ValueError, match=r"^y has shape .*e\.g\. y\.transpose" + re.escape(fix)):
             f(alex_params, y, x)
 
 
@@ -188,9 +182,7 @@ def test_unknown_version(version):
     with pytest.raises(ValueError, match=msg):
         lpips_jax.load("alex", version=version)
     with pytest.raises(ValueError, match=msg):
-        lpips_jax.LPIPS(version=version).init(
-            jax.random.PRNGKey(0), _img((32, 32, 3)), _img((32, 32, 3))
-        )
+        lpips_jax.LPIPS(version=version).init(jax.random.PRNGKey(0), _img((32, 32, 3)), _img((32, 32, 3)))
 
 
 @pytest.mark.parametrize("flag", [1, 0, "yes", None])

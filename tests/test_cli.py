@@ -269,9 +269,7 @@ def test_allpairs(tmp_path, photos, alex_params):
     keys = [(a, b) for a, b, _ in rows[1:]]
     assert keys == [(f"p{i}.png", f"p{j}.png") for i in range(5) for j in range(i + 1, 5)]
     got = np.array([float(v) for _, _, v in rows[1:]])
-    want = ref_distances(
-        alex_params, [(u8(photos[int(a[1])]), u8(photos[int(b[1])])) for a, b in keys]
-    )
+    want = ref_distances(alex_params, [(u8(photos[int(a[1])]), u8(photos[int(b[1])])) for a, b in keys])
     np.testing.assert_allclose(got, want, **TOL)
     lines = r.stdout.strip().splitlines()
     se = got.std() / np.sqrt(got.size)

@@ -203,6 +203,7 @@ def test_tangent_rows_derivatives_equal_full_batch(impl, case):
         for what in ("jvp", "grad", "jvp of grad"):
             got, want = (jax.jit(_derivative(what, f(rows)))(head, t) for rows in (n, None))
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, err_msg=what)
+
         # The promise: the other images' cotangent is dropped, not computed.
         def total(rows):
             return lambda a: jnp.sum(_nets.conv2d(a, k, b, s, p, impl=impl, tangent_rows=rows))

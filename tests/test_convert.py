@@ -51,8 +51,7 @@ def _expected_trunk(sd: dict) -> dict[str, np.ndarray]:
 
 def _expected_heads(sd: dict) -> dict[str, np.ndarray]:
     return {
-        f"heads/{k.split('.')[0]}/kernel": v.detach().numpy().transpose(2, 3, 1, 0)
-        for k, v in sd.items()
+        f"heads/{k.split('.')[0]}/kernel": v.detach().numpy().transpose(2, 3, 1, 0) for k, v in sd.items()
     }
 
 
@@ -261,10 +260,7 @@ def test_lpips_state_dict_equals_trunk_plus_heads(tmp_path):
     # lpips registers each head twice (lin{k} and lins.{k}): a real state dict has both
     assert "lins.0.model.1.weight" in sd and "lin0.model.1.weight" in sd
     out_whole = tmp_path / "whole.safetensors"
-    assert (
-        convert_main(["--net", "alex", "--lpips-state-dict", str(whole), "--out", str(out_whole)])
-        == 0
-    )
+    assert convert_main(["--net", "alex", "--lpips-state-dict", str(whole), "--out", str(out_whole)]) == 0
 
     # The same model from its parts: torchvision's alexnet drawn from the same seed, and
     # the wheel's v0.1 heads (which lpips.LPIPS loads by default).
@@ -344,12 +340,7 @@ def test_unreadable_checkpoints(tv, tmp_path, capsys):
         assert "weights_only` set to `False`" not in err  # torch's unsafe advice is not passed on
     # a whole pickled module is refused (weights_only never runs pickled code)
     torch.save(torchvision.models.squeezenet1_1(weights=None), tmp_path / "module.pth")
-    assert (
-        convert_main(
-            ["--net", "squeeze", "--trunk", str(tmp_path / "module.pth"), "--out", str(out)]
-        )
-        == 1
-    )
+    assert convert_main(["--net", "squeeze", "--trunk", str(tmp_path / "module.pth"), "--out", str(out)]) == 1
     assert "a pickled object, not a plain state dict" in capsys.readouterr().err
     assert not out.exists()
 
@@ -367,8 +358,5 @@ def test_state_dict_wrapped_in_dict(tv, tmp_path):
     pth, sd = tv["squeeze"]
     torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "ckpt.pth")
     out = tmp_path / "o.safetensors"
-    assert (
-        convert_main(["--net", "squeeze", "--trunk", str(tmp_path / "ckpt.pth"), "--out", str(out)])
-        == 0
-    )
+    assert convert_main(["--net", "squeeze", "--trunk", str(tmp_path / "ckpt.pth"), "--out", str(out)]) == 0
     _assert_exact(load_file(str(out)), _expected_trunk(sd))

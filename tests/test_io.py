@@ -79,9 +79,7 @@ def test_public_names_and_keyword_only():
     sig = inspect.signature(lio.read_image)
     for name in ("resize", "return_info"):
         assert sig.parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
-    assert {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"} <= set(
-        lio.image_extensions()
-    )
+    assert {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"} <= set(lio.image_extensions())
     assert lio.is_image_file("X.PNG") and not lio.is_image_file("notes.txt")
 
 

@@ -214,11 +214,7 @@ def test_squeeze_ceil_mode_matters():
 def test_min_size_matches_torch(net):
     """Our minimum size is the smallest input the official trunk accepts."""
     m = lpips_jax.min_size(net)
-    sd = (
-        random_squeeze(0)
-        if net == "squeeze"
-        else trunk_state_dict(lpips_jax.load(net, lpips=False))
-    )
+    sd = random_squeeze(0) if net == "squeeze" else trunk_state_dict(lpips_jax.load(net, lpips=False))
     ref = _official(net, "0.1", True) if net != "squeeze" else official_model(net, "0.1", True, sd)
     x = torch.zeros(1, 3, m, m)
     with torch.no_grad():

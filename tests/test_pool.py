@@ -96,6 +96,4 @@ def test_normalize_channels_batch_of_one_is_the_same_function():
     for i in range(3):
         one = vg(f[i : i + 1], g[i : i + 1])
         np.testing.assert_allclose(one[1], whole[1][i : i + 1], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(
-        sum(vg(f[i : i + 1], g[i : i + 1])[0] for i in range(3)), whole[0], rtol=1e-5
-    )
+    np.testing.assert_allclose(sum(vg(f[i : i + 1], g[i : i + 1])[0] for i in range(3)), whole[0], rtol=1e-5)

@@ -202,9 +202,7 @@ def _edited(tmp_path, flat, meta, name="f.safetensors", **changes):
 def test_load_missing_tensor(alex_file, tmp_path):
     _, flat, meta = alex_file
     f = _edited(tmp_path, flat, meta, trunk__features_3__bias=None)
-    msg = (
-        r"f\.safetensors: trunk params do not match net 'alex':\n - trunk/features_3/bias \(192,\)"
-    )
+    msg = r"f\.safetensors: trunk params do not match net 'alex':\n - trunk/features_3/bias \(192,\)"
     with pytest.raises(lpips_jax.WeightsError, match=msg):
         lpips_jax.load(path=f)
     f = _edited(tmp_path, flat, meta, heads__lin4__kernel=None)
@@ -242,9 +240,7 @@ def test_load_negative_or_bad_heads(alex_file, tmp_path):
     f = _edited(tmp_path, flat, meta, heads__lin0__kernel=nan)
     with pytest.raises(lpips_jax.WeightsError, match=r"heads/lin0/kernel contains NaN or inf"):
         lpips_jax.load(path=f)
-    f = _edited(
-        tmp_path, flat, meta, heads__lin0__kernel=flat["heads/lin0/kernel"].astype(np.int32)
-    )
+    f = _edited(tmp_path, flat, meta, heads__lin0__kernel=flat["heads/lin0/kernel"].astype(np.int32))
     with pytest.raises(lpips_jax.WeightsError, match=r"heads/lin0/kernel has dtype int32"):
         lpips_jax.load(path=f)
 
@@ -252,9 +248,7 @@ def test_load_negative_or_bad_heads(alex_file, tmp_path):
 def test_load_foreign_safetensors(alex_file, tmp_path):
     _, flat, meta = alex_file
     f = _edited(tmp_path, flat, {})
-    with pytest.raises(
-        lpips_jax.WeightsError, match=r"metadata format=None, expected 'lpips_jax/1'"
-    ):
+    with pytest.raises(lpips_jax.WeightsError, match=r"metadata format=None, expected 'lpips_jax/1'"):
         lpips_jax.load(path=f)
     f = _edited(tmp_path, flat, {**meta, "net": "resnet"})
     with pytest.raises(lpips_jax.WeightsError, match=r"metadata net='resnet' is not a known net"):

@@ -107,9 +107,7 @@ def prepare(
     if configs is None:
         configs = available(manual)
         if not configs:
-            raise BappsDataError(
-                f"no BAPPS data found: {_layout.describe(manual)}\n\n{INSTRUCTIONS}"
-            )
+            raise BappsDataError(f"no BAPPS data found: {_layout.describe(manual)}\n\n{INSTRUCTIONS}")
     out = {}
     for config in configs:
         b = builder(config, data_dir=data_dir)

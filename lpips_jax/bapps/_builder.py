@@ -72,8 +72,7 @@ class Bapps(tfds.core.GeneratorBasedBuilder):
         except AssertionError as e:  # tfds: manual dir missing or empty
             first = str(e).splitlines()[0] if str(e) else "manual directory missing or empty"
             raise _layout.BappsDataError(
-                f"no BAPPS data: the manual directory is missing or empty ({first})"
-                f"\n\n{_layout.INSTRUCTIONS}"
+                f"no BAPPS data: the manual directory is missing or empty ({first})\n\n{_layout.INSTRUCTIONS}"
             ) from None
 
     def _split_generators(self, dl_manager):

@@ -89,13 +89,10 @@ def check_config(config: str) -> str:
 def check_subset(config: str, split: str, subset: str) -> None:
     check_config(config)
     if split not in SUBSETS[config]:
-        raise ValueError(
-            f"BAPPS {config} has no split {split!r}: expected one of {tuple(SUBSETS[config])}"
-        )
+        raise ValueError(f"BAPPS {config} has no split {split!r}: expected one of {tuple(SUBSETS[config])}")
     if subset not in SUBSETS[config][split]:
         raise ValueError(
-            f"BAPPS {config} {split} has no subset {subset!r}: "
-            f"expected one of {SUBSETS[config][split]}"
+            f"BAPPS {config} {split} has no subset {subset!r}: expected one of {SUBSETS[config][split]}"
         )
 
 
@@ -122,9 +119,7 @@ def locate(bases: list[Path], config: str) -> dict[str, Path]:
     for split, subsets in SUBSETS[config].items():
         for subset in subsets:
             for base in bases:
-                hits = [
-                    c for c in _candidates(base, config, split, subset) if _has_parts(c, config)
-                ]
+                hits = [c for c in _candidates(base, config, split, subset) if _has_parts(c, config)]
                 if hits:
                     found.setdefault(split_name(split, subset), hits[0])
                     break
@@ -206,8 +201,7 @@ def read_patch(path: Path | str) -> np.ndarray:
         a = np.asarray(im, dtype=np.uint8)
     if a.shape != (PATCH, PATCH, 3):
         raise BappsDataError(
-            f"{path}: patch has shape {a.shape} after resizing: expected square patches "
-            f"({PATCH}, {PATCH}, 3)"
+            f"{path}: patch has shape {a.shape} after resizing: expected square patches ({PATCH}, {PATCH}, 3)"
         )
     return a
 
@@ -324,8 +318,6 @@ def available(manual_dir: Path | str) -> tuple[str, ...]:
     out = []
     names = tarballs(manual_dir)
     for config in CONFIGS:
-        if locate([manual_dir, manual_dir / "dataset"], config) or any(
-            TARBALLS[n] == config for n in names
-        ):
+        if locate([manual_dir, manual_dir / "dataset"], config) or any(TARBALLS[n] == config for n in names):
             out.append(config)
     return tuple(out)
