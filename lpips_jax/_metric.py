@@ -359,7 +359,14 @@ def _pair_maps_with(trunk, params, xb, yb, normalize):
     return _zero_identical(_head_maps(params, fx, fy), xb, yb)
 
 
-_ONE_PASS_GRAD_AREA = 256 * 256
+# The largest image area (pixels) at which a batch-1 derivative w.r.t. one image runs on
+# the pair's single trunk pass (``one_pass_grad`` of _pair_taps): where it measured faster
+# (interleaved A/B, forward+backward against the two passes apart: vgg 64x64 1.10x,
+# 128x128 1.09x, 256x256 1.01-1.04x; alex 64x64 1.09-1.13x, 128x128 1.07-1.15x, 256x256
+# 1.06x; squeeze 64x64 1.09x, 96x96 1.06x, 128x128 1.03-1.04x, but 160x160 0.75x and
+# 256x256 0.87x). Not above 256x256, where XLA keeps the pass's buffers whole, both
+# images, until the backward pass (vgg 512x512 grad temp 566 -> 718 MiB, for 1-4%).
+_ONE_PASS_GRAD_AREA = {"alex": 256 * 256, "vgg": 256 * 256, "squeeze": 128 * 128}
 
 
 def _pair_maps(params, x, y, normalize, dtype, remat, precision):
@@ -373,14 +380,11 @@ def _pair_maps(params, x, y, normalize, dtype, remat, precision):
             xs = scale_inputs(_widen(images), params.version, normalize)
             return trunk(trunk_params, xs, tangent_rows=tangent_rows)
 
-        # The derivative through the one pass too where it was measured faster: trunks
-        # whose pools tile their input (vgg, batch 1 forward+backward: 64x64 1.10x,
-        # 128x128 1.09x, 256x256 1.01-1.04x); alex's and squeeze's overlapping pools took
-        # their derivative more slowly on half a batch (alex 128x128 0.93x, squeeze
-        # 256x256 0.87x). Up to 256x256: it costs memory (XLA keeps the pass's buffers
-        # whole, both images: vgg 512x512 grad temp 566 -> 718 MiB); not with remat.
-        small = xb.shape[1] * xb.shape[2] <= _ONE_PASS_GRAD_AREA
-        one_pass_grad = not remat and small and _nets.pools_tile(params.net)
+        # The derivative through the one pass too, up to the sizes where it measured
+        # faster (_ONE_PASS_GRAD_AREA); not with remat, whose blocks would keep both
+        # images' inputs (vgg 512x512: kept 376 -> 499 MiB).
+        small = xb.shape[1] * xb.shape[2] <= _ONE_PASS_GRAD_AREA[params.net]
+        one_pass_grad = not remat and small
         fx, fy = _pair_taps(raw, _normalize_taps, one_pass_grad, params.trunk, xb, yb)
         maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
     else:

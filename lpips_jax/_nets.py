@@ -121,11 +121,6 @@ def pool_output_size(n: int, kernel: int, stride: int, ceil: bool) -> int:
     return out
 
 
-def pools_tile(net: str) -> bool:
-    """Whether every max-pool of ``net`` has windows that tile its input (kernel == stride)."""
-    return all(layer.kernel == layer.stride for layer in LAYERS[net] if isinstance(layer, Pool))
-
-
 def tap_sizes(net: str, size: int) -> tuple[int, ...]:
     """Spatial length of each tap for an input of length ``size`` (one axis).
 

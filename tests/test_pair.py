@@ -1,8 +1,8 @@
 """The batch-1 pair pass (``_metric._pair_taps``): on the CPU, with a batch of 1, the value
-runs one trunk pass over x and y stacked; for vgg (whose pools tile their input) a
+runs one trunk pass over x and y stacked; up to a size per net (``_ONE_PASS_GRAD_AREA``) a
 derivative w.r.t. one image (a loss's x, with y a constant) runs on that pass too, the
-convs', ReLUs' and pools' derivatives on the differentiated image's half alone
-(``tangent_rows``); any other derivative (and every one for alex) runs the two trunks apart.
+convs', ReLUs', pools' and normalisation's derivatives on the differentiated image's half
+alone (``tangent_rows``); any other derivative runs the two trunks apart.
 
 Reference: the two-pass path that every other batch size takes (``_pair_maps_with``). In
 float64 every derivative must agree with it to rounding: w.r.t. x, y, both, the trunk's
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _loss_helpers import squeeze_params
 from jax.test_util import check_grads
 
 import lpips_jax
@@ -50,11 +51,13 @@ def _close(a, b, what):
         np.testing.assert_allclose(u / scale, v / scale, rtol=0, atol=TOL, err_msg=what)
 
 
-@pytest.fixture(scope="module", params=[("alex", 48), ("vgg", 32)], ids=["alex", "vgg"])
+@pytest.fixture(
+    scope="module", params=[("alex", 48), ("vgg", 32), ("squeeze", 32)], ids=["alex", "vgg", "squeeze"]
+)
 def case(request):
     net, size = request.param
     with jax.enable_x64():
-        p = lpips_jax.load(net)
+        p = squeeze_params() if net == "squeeze" else lpips_jax.load(net)
         p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), p)
         rng = np.random.default_rng(5)
         x = jnp.asarray(rng.uniform(-1, 1, (1, size, size, 3)))
@@ -73,36 +76,50 @@ def _matmuls_by_batch(f, *args):
     return counts
 
 
+def _convs(p):
+    return sum(1 for path, _ in jax.tree_util.tree_leaves_with_path(p.trunk) if path[-1].key == "kernel")
+
+
 def test_the_pair_pass_is_taken(case):
-    """The value: one trunk pass over the pair (batch 2). For vgg, a gradient w.r.t. one
-    image: the same single pass forward, its derivative on the differentiated image alone
-    (batch 1) -- the two-pass path's gradient less the two forward passes of x and y; for
-    alex the two passes apart. W.r.t. both: the two passes apart, as on the two-pass path;
-    so with remat."""
+    """The value: one trunk pass over the pair (batch 2). A gradient w.r.t. one image: the
+    same single pass forward, its derivative on the differentiated image alone (batch 1)
+    -- the two-pass path's gradient less the two forward passes of x and y. W.r.t. both:
+    the two passes apart, as on the two-pass path; so with remat."""
     p, x, y = case
-    convs = len(p.trunk)  # each followed by a ReLU
+    convs = _convs(p)
     with jax.enable_x64():
         assert _matmuls_by_batch(_paired, p, x, y)[2] == convs
         for argnums in (1, 2):
             paired = _matmuls_by_batch(jax.grad(_paired, argnums), p, x, y)
             two = _matmuls_by_batch(jax.grad(_two_pass, argnums), p, x, y)
             assert two[2] == 0, argnums
-            if p.net == "vgg":
-                assert paired[2] == convs and paired[1] == two[1] - 2 * convs, argnums
-            else:
-                assert paired == two, argnums
+            assert paired[2] == convs and paired[1] == two[1] - 2 * convs, argnums
         remat = _matmuls_by_batch(jax.grad(lambda a: _paired(p, a, y, True)), x)
         assert remat == _matmuls_by_batch(jax.grad(lambda a: _two_pass(p, a, y, True)), x)
         both = (jax.grad(_paired, (1, 2)), jax.grad(_two_pass, (1, 2)))
         assert _matmuls_by_batch(both[0], p, x, y) == _matmuls_by_batch(both[1], p, x, y)
 
 
+@pytest.mark.parametrize("net", ["squeeze", "alex"])
+def test_one_pass_derivative_stops_above_its_area(net):
+    """Above the largest area where it measured faster (squeeze 128x128, alex and vgg
+    256x256), a gradient w.r.t. x runs the two passes apart; the value keeps the one pass."""
+    side = {"squeeze": 128, "alex": 256}[net]
+    p = squeeze_params() if net == "squeeze" else lpips_jax.load(net)
+    for size, one_pass in ((side, True), (side + 8, False)):
+        x = jnp.zeros((1, size, size, 3), jnp.float32)
+        paired = _matmuls_by_batch(jax.grad(_paired, 1), p, x, x)
+        two = _matmuls_by_batch(jax.grad(_two_pass, 1), p, x, x)
+        assert (paired[2] == _convs(p)) == one_pass and (paired == two) != one_pass, size
+        assert _matmuls_by_batch(_paired, p, x, x)[2] == _convs(p)
+
+
 @pytest.mark.slow  # ~50 s: float64 gradients op by op
 @pytest.mark.parametrize("remat", [False, True])
 def test_value_and_derivatives_equal_two_passes(case, remat):
     p, x, y = case
-    if remat and p.net == "vgg":
-        pytest.skip("with remat vgg's derivatives run the two passes, as alex's (checked above)")
+    if remat and p.net != "alex":
+        pytest.skip("with remat every derivative runs the two passes (checked above): one net")
     with jax.enable_x64():
         for argnums in (1, 2, (1, 2)):
             a = jax.value_and_grad(_paired, argnums)(p, x, y, remat)
@@ -131,8 +148,8 @@ def test_one_trunk_leaf_differentiated(case):
     """Only one kernel of the trunk is an argument (the rest are constants): symbolic zero
     tangents for the others."""
     p, x, y = case
-    if p.net == "vgg":
-        pytest.skip("a trunk leaf differentiated runs the two passes, for vgg as for alex")
+    if p.net != "alex":
+        pytest.skip("a trunk leaf differentiated runs the two passes, for every net: one net")
     name = sorted(p.trunk)[1]
 
     def with_kernel(f):
@@ -156,7 +173,7 @@ def test_one_trunk_leaf_differentiated(case):
 @pytest.mark.slow  # ~30 s: float64, finite differences in a few directions
 def test_loss_gradient_matches_finite_differences(case):
     """The loss's derivative w.r.t. x alone (y and params constant: the case the one-pass
-    derivative serves for vgg) against central finite differences, forward and reverse
+    derivative serves) against central finite differences, forward and reverse
     mode (``jax.test_util.check_grads``), in float64 with the real trunk. An independent
     check of the one-pass derivative, beside its equality with the two-pass path above.
     Step 1e-7, as in test_grad.py: the trunk is piecewise linear, and larger steps can
