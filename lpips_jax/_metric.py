@@ -101,13 +101,19 @@ def normalize_channels(f: jax.Array) -> jax.Array:
     the norm takes its exact value 0 through a branch whose gradient is zero. Computed in
     float32 (or wider, when the features are float64).
     """
-    if f.ndim > 2 and f.shape[0] == 1 and jax.default_backend() == "cpu":
-        # Without the leading 1: XLA:CPU's YNNPACK reductions split their work along the
-        # leading axis, and with a batch of 1 this one's backward pass ran 7-25x slower
-        # (vgg 256x256 batch 1, first tap: 29 ms -> 4 ms). It costs memory (README,
-        # "Memory"), so only on the CPU.
+    if _lead_one(f):
         return _normalize(f[0])[None]
     return _normalize_parts(f)[0]
+
+
+def _lead_one(a) -> bool:
+    """Whether channel sums over ``a`` should drop its leading 1 (a batch of 1 on the CPU).
+
+    XLA:CPU's YNNPACK reductions split their work along the leading axis, and with a batch
+    of 1 the normalisation's backward pass ran 7-25x slower (vgg 256x256 batch 1, first
+    tap: 29 ms -> 4 ms). It costs memory (README, "Memory"), so only on the CPU.
+    """
+    return a.ndim > 2 and a.shape[0] == 1 and jax.default_backend() == "cpu"
 
 
 @jax.custom_jvp
@@ -160,8 +166,8 @@ def _normalize_rows_jvp(rows, primals, tangents):
     (f,), (df,) = primals, tangents
     y, f, norm, den, positive = _normalize_parts(f)
     parts = [a[:rows] for a in (f, df.astype(f.dtype), norm, den, positive)]
-    if rows == 1 and f.ndim > 2 and jax.default_backend() == "cpu":
-        parts = [a[0] for a in parts]  # no leading 1: see normalize_channels
+    if _lead_one(parts[0]):
+        parts = [a[0] for a in parts]
     dy = _normalize_tangent(*parts).reshape((rows, *f.shape[1:]))
     return y, _nets.pad_rows(dy, f.shape[0])
 
@@ -238,13 +244,14 @@ def _pair_taps(raw, finish, one_pass_grad, trunk_params, xs, ys):
     """``(taps(xs), taps(ys))`` with ``taps = finish(raw(trunk_params, .))``, as one trunk
     pass over both images.
 
-    ``raw(trunk_params, images, tangent_rows=None)``: the trunk's raw taps; ``finish(taps,
-    tangent_rows=None)``: what follows per image (the normalisation). The value runs the trunk once on the two
-    images stacked along the batch (for a batch of 1 on the CPU: fewer, larger convs; vgg
-    64x64 forward 1.1-1.3x faster). With ``one_pass_grad``, so does a derivative w.r.t.
-    one image (a loss's x, the reference y a constant): the trunk's convs, ReLUs and pools
-    take their derivatives on that image's half of the batch alone (``tangent_rows``), so
-    the constant image's trunk runs forward only and keeps nothing for a backward pass.
+    ``raw(trunk_params, images, tangent_rows=None)``: the trunk's raw taps;
+    ``finish(taps, tangent_rows=None)``: what follows per image (the normalisation). The
+    value runs the trunk once on the two images stacked along the batch (for a batch of 1
+    on the CPU: fewer, larger convs; vgg 64x64 forward 1.1-1.3x faster). With
+    ``one_pass_grad``, so does a derivative w.r.t. one image (a loss's x, the reference y
+    a constant): the trunk's convs, ReLUs and pools, and the normalisation, take their
+    derivatives on that image's half of the batch alone (``tangent_rows``), so the
+    constant image's trunk runs forward only and keeps nothing for a backward pass.
     Any other derivative (both images, the trunk's params, or without ``one_pass_grad``)
     runs the two trunks apart, as :func:`_pair_maps_with`.
     """
@@ -323,9 +330,8 @@ def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
             # A product and a channel sum, not a dot: XLA:CPU copies a dot's (C, 1) weight
             # operand into a buffer of its own, a compiled kernel per head (vgg 64x64
             # batch 1 forward+backward: 75 -> 70 kernels, speed within 0.97-1.04x). Exact
-            # float32 on GPU too, where a dot's default precision is TF32. Without a
-            # leading 1 on the CPU (see normalize_channels).
-            if d.ndim == 4 and d.shape[0] == 1 and jax.default_backend() == "cpu":
+            # float32 on GPU too, where a dot's default precision is TF32.
+            if _lead_one(d):
                 maps.append(jnp.sum(d[0] * w, axis=-1)[None])
             else:
                 maps.append(jnp.sum(d * w, axis=-1))

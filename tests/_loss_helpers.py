@@ -35,7 +35,11 @@ def squeeze_params(seed: int = 0) -> lpips_jax.LPIPSParams:
         if str(path[-1].key) == "bias":
             leaf = jax.random.uniform(k, leaf.shape, leaf.dtype, -0.05, 0.05)
         new.append(leaf)
-    trunk = jax.tree_util.tree_unflatten(treedef, new)
+    # float32 whatever the x64 mode (called under jax.enable_x64, init's params are
+    # float64, and jit's cache then hands them out after the context too)
+    trunk = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float32), jax.tree_util.tree_unflatten(treedef, new)
+    )
     hk = jax.random.split(k_heads, len(lpips_jax.tap_channels("squeeze")))
     heads = {
         f"lin{i}": {"kernel": jax.random.uniform(hk[i], (1, 1, c, 1), jnp.float32, 0.01, 0.2)}
