@@ -471,13 +471,15 @@ def _sum_distance(params, x, y):
     return lpips_jax.distance(params, x, y).sum()
 
 
-def test_check_grads_float64_normalize_channels_second_order():
-    """Second order of the normalisation near (not at) zero and at ordinary vectors."""
+@pytest.mark.parametrize("shape", [(3, 6), (1, 2, 3, 6)], ids=["rows", "batch-1 map"])
+def test_check_grads_float64_normalize_channels_second_order(shape):
+    """Second order of the normalisation near (not at) zero and at ordinary vectors. A
+    batch-1 map takes the hand-written derivative (on the CPU; ``_metric._normalize``)."""
     rng = np.random.default_rng(3)
     with jax.enable_x64(True):
         for scale in (1e-3, 1.0, 1e3):
-            f = jnp.asarray(rng.normal(size=(3, 6)) * scale)
-            r = jnp.asarray(rng.normal(size=(3, 6)))
+            f = jnp.asarray(rng.normal(size=shape) * scale)
+            r = jnp.asarray(rng.normal(size=shape))
             check_grads(
                 lambda a, r=r: jnp.sum(lpips_jax.normalize_channels(a) * r),
                 (f,),
