@@ -70,15 +70,20 @@ def _instruction(event):
 _TARGETS = ((64, 1), (64, 32), (256, 1), (256, 8))  # (size, batch) of the issue's targets
 
 
-def _compile_time(p, size, batch, mode):
-    """(trace + lower, XLA compile) seconds of a fresh ``jax.jit`` of ``distance``."""
+def _case(size, batch, mode):
+    """``(f, x, y)``: ``distance`` (``fwd``) or its value and gradient w.r.t. x, and inputs."""
     x = jnp.full((batch, size, size, 3), 0.1, jnp.float32)
-    y = x * 0.5
 
     def dist(p, x, y):
         return lpips_jax.distance(p, x, y)
 
     f = dist if mode == "fwd" else jax.value_and_grad(lambda p, x, y: dist(p, x, y).sum(), 1)
+    return f, x, x * 0.5
+
+
+def _compile_time(p, size, batch, mode):
+    """(trace + lower, XLA compile) seconds of a fresh ``jax.jit`` of ``distance``."""
+    f, x, y = _case(size, batch, mode)
     t0 = time.perf_counter()
     lowered = jax.jit(f).lower(p, x, y)
     t1 = time.perf_counter()
@@ -125,13 +130,7 @@ def main():
         return
 
     p = bench_params(args.net)
-    x = jnp.full((args.batch, args.size, args.size, 3), 0.1, jnp.float32)
-    y = x * 0.5
-
-    def dist(p, x, y):
-        return lpips_jax.distance(p, x, y)
-
-    f = dist if args.mode == "fwd" else jax.value_and_grad(lambda p, x, y: dist(p, x, y).sum(), 1)
+    f, x, y = _case(args.size, args.batch, args.mode)
     t0 = time.perf_counter()
     lowered = jax.jit(f).lower(p, x, y)
     t1 = time.perf_counter()
