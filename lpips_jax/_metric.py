@@ -320,6 +320,12 @@ def _normalize_taps(taps, tangent_rows=None):
     return tuple(normalize_channels(t) for t in taps)
 
 
+def head_map(d: jax.Array, kernel: jax.Array) -> jax.Array:
+    """One head on ``d`` ``(..., C)``, the squared difference of normalised taps: the
+    weighted channel sum ``(...)`` with ``kernel`` ``(1, 1, C, 1)`` (``lin{k}``), in ``d``'s dtype."""
+    return jnp.sum(d * kernel.reshape(-1).astype(d.dtype), axis=-1)
+
+
 def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
     """Per tap, the ``(N, h, w)`` weighted squared difference of normalised features."""
     maps = []
