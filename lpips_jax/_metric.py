@@ -10,7 +10,6 @@ Checks of rank, channels, shapes, dtype and minimum size run at trace time.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -18,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
-from jax.custom_derivatives import SymbolicZero
 
-from lpips_jax import _checks, _nets
+from lpips_jax import _checks, _nets, _ops
 
 # v0.1 scaling layer, from the official lpips ScalingLayer.
 SHIFT = (-0.030, -0.088, -0.188)
@@ -98,86 +96,23 @@ def normalize_channels(f: jax.Array) -> jax.Array:
 
     Equal in value to the official ``normalize_tensor``; where a feature vector is all
     zero the official derivative of ``sqrt`` is infinite (NaN after the chain rule), here
-    the norm takes its exact value 0 through a branch whose gradient is zero. Computed in
-    float32 (or wider, when the features are float64).
+    the norm takes its exact value 0 through a branch whose gradient is zero (the double
+    ``where`` of ``optax.safe_norm``). Computed in float32 (float64 for float64 features).
     """
-    if _lead_one(f):
-        return _normalize(f[0])[None]
-    return _normalize_parts(f)[0]
-
-
-def _lead_one(a) -> bool:
-    """Whether channel sums over ``a`` should drop its leading 1 (a batch of 1 on the CPU).
-
-    XLA:CPU's YNNPACK reductions split their work along the leading axis, and with a batch
-    of 1 the normalisation's backward pass ran 7-25x slower (vgg 256x256 batch 1, first
-    tap: 29 ms -> 4 ms). It costs memory (README, "Memory"), so only on the CPU.
-    """
-    return a.ndim > 2 and a.shape[0] == 1 and jax.default_backend() == "cpu"
-
-
-@jax.custom_jvp
-def _normalize(f):
-    return _normalize_parts(f)[0]
-
-
-@_normalize.defjvp
-def _normalize_jvp(primals, tangents):
-    (f,), (df,) = primals, tangents
-    y, f, norm, den, positive = _normalize_parts(f)
-    return y, _normalize_tangent(f, df.astype(f.dtype), norm, den, positive)
-
-
-def _normalize_tangent(f, df, norm, den, positive):
-    """The derivative of ``f / den``: ``df / den - f d(norm) / den^2`` with ``d(norm) =
-    <f, df> / norm`` (0 where the norm is 0, the branch that keeps it finite), written as
-    ``r df - k f <f, df>``. The same map as JAX's derivative of the expression, but
-    symmetric, so that its transpose (the backward pass) is one channel sum and one
-    elementwise pass: fewer XLA kernels than JAX's derivative of the expression (batch 1
-    forward+backward: alex 64x64 93 -> 90, squeeze 122 -> 118). Only where the features
-    have no batch axis (a batch of 1 on the CPU): with one, XLA:CPU compiled more kernels
-    for it (alex 256x256 batch 8: 53 -> 69)."""
-    r = 1 / den
-    k = jnp.where(positive, r * r / jnp.where(positive, norm, 1), 0)
-    return df * r - f * (k * jnp.sum(f * df, axis=-1, keepdims=True))
-
-
-def _normalize_parts(f):
-    """``(f / den, f, norm, den, positive)``: :func:`normalize_channels` and its residuals."""
     dt = jnp.float64 if f.dtype == jnp.float64 else jnp.float32
     f = f.astype(dt)
-    sq = jnp.sum(f * f, axis=-1, keepdims=True)
+    sq = _ops.channel_sum(f * f)
     positive = sq > 0
     norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
-    den = norm + jnp.asarray(NORM_EPS, dt)
-    return f / den, f, norm, den, positive
+    return f / (norm + jnp.asarray(NORM_EPS, dt))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _normalize_rows(f, rows):
-    """:func:`normalize_channels` of a batch of which only the first ``rows`` images carry
-    a tangent (the one-pass derivative of :func:`_pair_taps`): the value over the whole
-    batch at once, the derivative over those images alone (the others' tangent is zero)."""
-    return normalize_channels(f)
-
-
-@_normalize_rows.defjvp
-def _normalize_rows_jvp(rows, primals, tangents):
-    (f,), (df,) = primals, tangents
-    y, f, norm, den, positive = _normalize_parts(f)
-    parts = [a[:rows] for a in (f, df.astype(f.dtype), norm, den, positive)]
-    if _lead_one(parts[0]):
-        parts = [a[0] for a in parts]
-    dy = _normalize_tangent(*parts).reshape((rows, *f.shape[1:]))
-    return y, _nets.pad_rows(dy, f.shape[0])
-
-
-def _trunk_module(
-    params: LPIPSParams, dtype: Any, remat: bool, precision: Any, tangent_rows: int | None = None
-) -> _nets.Trunk:
-    return _nets.Trunk(
-        net=params.net, dtype=dtype, remat=remat, precision=precision, tangent_rows=tangent_rows
-    )
+def head_map(d: jax.Array, kernel: jax.Array) -> jax.Array:
+    """One head on ``d`` ``(..., C)``, the squared difference of normalised taps: the
+    weighted channel sum ``(...)`` with ``kernel`` ``(1, 1, C, 1)`` (``lin{k}``), in ``d``'s
+    dtype. A product and a sum, not a dot: exact float32 on GPU too (a dot's default
+    precision there is TF32)."""
+    return _ops.channel_sum(d * kernel.reshape(-1).astype(d.dtype))[..., 0]
 
 
 def _widen(x: jax.Array) -> jax.Array:
@@ -196,6 +131,22 @@ def _compute_dtype(dtype: Any, x: jax.Array, trunk_params: Any) -> Any:
     leaves = [x, *jax.tree_util.tree_leaves(trunk_params)]
     wide = any(getattr(a, "dtype", None) == jnp.float64 for a in leaves)
     return jnp.float64 if wide else jnp.float32
+
+
+def _trunk_fn(params: LPIPSParams, dtype: Any, remat: bool, precision: Any):
+    """The trunk of ``params`` as a function of scaled images, returning the raw taps."""
+
+    def apply(xs):
+        dt = _compute_dtype(dtype, xs, params.trunk)
+        trunk = _nets.Trunk(net=params.net, dtype=dt, remat=remat, precision=precision)
+        return trunk.apply({"params": params.trunk}, xs)
+
+    return apply
+
+
+def _taps(trunk, version, xb, normalize):
+    """Scaling layer, ``trunk`` (a function or a bound module), unit-normalised taps."""
+    return tuple(normalize_channels(t) for t in trunk(scale_inputs(_widen(xb), version, normalize)))
 
 
 def features(
@@ -217,113 +168,7 @@ def features(
     _checks.check_range("x", x, normalize)
     xb, unbatched = _as_batch(x)
     taps = _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
-    if unbatched:
-        taps = tuple(t[0] for t in taps)
-    return taps
-
-
-def _trunk_apply(params, dtype, remat, precision):
-    """The trunk as a function of its params and scaled images (returns the raw taps)."""
-
-    def apply(trunk_params, xs, tangent_rows=None):
-        dt = _compute_dtype(dtype, xs, trunk_params)
-        trunk = _trunk_module(params, dt, remat, precision, tangent_rows)
-        return trunk.apply({"params": trunk_params}, xs)
-
-    return apply
-
-
-def _trunk_fn(params, dtype, remat, precision):
-    """The trunk of ``params`` as a function of scaled images (returns the raw taps)."""
-    apply = _trunk_apply(params, dtype, remat, precision)
-    return lambda xs: apply(params.trunk, xs)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
-def _pair_taps(raw, finish, one_pass_grad, trunk_params, xs, ys):
-    """``(taps(xs), taps(ys))`` with ``taps = finish(raw(trunk_params, .))``, as one trunk
-    pass over both images.
-
-    ``raw(trunk_params, images, tangent_rows=None)``: the trunk's raw taps;
-    ``finish(taps, tangent_rows=None)``: what follows per image (the normalisation). The
-    value runs the trunk once on the two images stacked along the batch (for a batch of 1
-    on the CPU: fewer, larger convs; vgg 64x64 forward 1.1-1.3x faster). With
-    ``one_pass_grad``, so does a derivative w.r.t. one image (a loss's x, the reference y
-    a constant): the trunk's convs, ReLUs and pools, and the normalisation, take their
-    derivatives on that image's half of the batch alone (``tangent_rows``), so the
-    constant image's trunk runs forward only and keeps nothing for a backward pass.
-    Any other derivative (both images, the trunk's params, or without ``one_pass_grad``)
-    runs the two trunks apart, as :func:`_pair_maps_with`.
-    """
-    n = xs.shape[0]
-    taps = finish(raw(trunk_params, jnp.concatenate([xs, ys])))
-    return tuple(t[:n] for t in taps), tuple(t[n:] for t in taps)
-
-
-def _is_zero(t) -> bool:
-    return isinstance(t, SymbolicZero)
-
-
-@functools.partial(_pair_taps.defjvp, symbolic_zeros=True)
-def _pair_taps_jvp(raw, finish, one_pass_grad, primals, tangents):
-    p, xs, ys = primals
-    dp, dxs, dys = tangents
-    dp_leaves = jax.tree_util.tree_leaves(dp, is_leaf=_is_zero)
-    p_const = all(_is_zero(t) for t in dp_leaves)
-    if one_pass_grad and p_const and _is_zero(dys) != _is_zero(dxs):
-        # One image differentiated: the one pass over both, the differentiated image first.
-        flip = _is_zero(dxs)
-        a, b, da = (ys, xs, dys) if flip else (xs, ys, dxs)
-        n = a.shape[0]
-        r, dr = jax.jvp(
-            lambda s: raw(p, s, tangent_rows=n),
-            (jnp.concatenate([a, b]),), (_nets.pad_rows(da, n + b.shape[0]),),
-        )  # fmt: skip
-        # The normalisation too: its value over both images at once, its derivative over
-        # the first n (vgg 64x64 forward+backward 84 -> 75 XLA kernels, 256x256 85 -> 75).
-        t, dt = jax.jvp(lambda u: finish(u, tangent_rows=n), (r,), (dr,))
-        ta, tb, dta = (tuple(u[:n] for u in t), tuple(u[n:] for u in t), tuple(u[:n] for u in dt))
-        dtb = tuple(jnp.zeros_like(u) for u in tb)
-        return ((tb, ta), (dtb, dta)) if flip else ((ta, tb), (dta, dtb))
-
-    if not p_const:  # some trunk params are differentiated: zeros for the others
-        dp = jax.tree_util.tree_map(
-            lambda t, v: jnp.zeros_like(v) if _is_zero(t) else t, dp, p, is_leaf=_is_zero
-        )
-
-    def apply(q, s):
-        return finish(raw(q, s))
-
-    def one(s, ds):
-        if _is_zero(ds):
-            if p_const:
-                out = apply(p, s)
-                return out, tuple(jnp.zeros_like(o) for o in out)
-            return jax.jvp(lambda q: apply(q, s), (p,), (dp,))
-        if p_const:
-            return jax.jvp(lambda s_: apply(p, s_), (s,), (ds,))
-        return jax.jvp(apply, (p, s), (dp, ds))
-
-    tx, dtx = one(xs, dxs)
-    ty, dty = one(ys, dys)
-    return (tx, ty), (dtx, dty)
-
-
-def _taps(trunk, version, xb, normalize):
-    """Scaling layer, ``trunk`` (a function or a bound module), unit-normalised taps."""
-    return _normalize_taps(trunk(scale_inputs(_widen(xb), version, normalize)))
-
-
-def _normalize_taps(taps, tangent_rows=None):
-    if tangent_rows is not None:
-        return tuple(_normalize_rows(t, tangent_rows) for t in taps)
-    return tuple(normalize_channels(t) for t in taps)
-
-
-def head_map(d: jax.Array, kernel: jax.Array) -> jax.Array:
-    """One head on ``d`` ``(..., C)``, the squared difference of normalised taps: the
-    weighted channel sum ``(...)`` with ``kernel`` ``(1, 1, C, 1)`` (``lin{k}``), in ``d``'s dtype."""
-    return jnp.sum(d * kernel.reshape(-1).astype(d.dtype), axis=-1)
+    return tuple(t[0] for t in taps) if unbatched else taps
 
 
 def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
@@ -332,17 +177,9 @@ def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
     for k, (a, b) in enumerate(zip(fx, fy)):
         d = (a - b) ** 2
         if params.lpips:
-            w = params.heads[f"lin{k}"]["kernel"].reshape(-1).astype(d.dtype)
-            # A product and a channel sum, not a dot: XLA:CPU copies a dot's (C, 1) weight
-            # operand into a buffer of its own, a compiled kernel per head (vgg 64x64
-            # batch 1 forward+backward: 75 -> 70 kernels, speed within 0.97-1.04x). Exact
-            # float32 on GPU too, where a dot's default precision is TF32.
-            if _lead_one(d):
-                maps.append(jnp.sum(d[0] * w, axis=-1)[None])
-            else:
-                maps.append(jnp.sum(d * w, axis=-1))
+            maps.append(head_map(d, params.heads[f"lin{k}"]["kernel"]))
         else:
-            maps.append(jnp.sum(d, axis=-1))
+            maps.append(_ops.channel_sum(d)[..., 0])
     return tuple(maps)
 
 
@@ -359,55 +196,24 @@ def _prepare(params, x, y, normalize):
 def _zero_identical(maps, xb, yb):
     """Exactly 0 (value and gradient) for pairs whose images are identical.
 
-    Mathematically d(x, x) = 0 with gradient 0. Eagerly that holds to the bit; under jit
-    XLA:CPU may compile x's and y's trunk passes with different summation orders, leaving
-    ~1e-16. One comparison of the inputs restores the identity: max |x - y| == 0, a float
-    reduction that XLA:CPU runs as one library call, where ``all(x == y)`` compiled to
-    three kernels of its own (vgg 64x64 batch 1 forward+backward: 87 -> 84 kernels, about
-    0.1 s of compile). A NaN anywhere leaves the pair as it is, as ``==`` did.
+    Mathematically d(x, x) = 0 with gradient 0; under jit XLA may compile x's and y's
+    trunk passes with different summation orders, leaving ~1e-16. One comparison of the
+    inputs restores the identity (a NaN anywhere leaves the pair as it is).
     """
     same = (jnp.max(jnp.abs(xb - yb), axis=(1, 2, 3)) == 0)[:, None, None]
     return tuple(jnp.where(same, jnp.zeros_like(m), m) for m in maps)
 
 
-def _pair_maps_with(trunk, params, xb, yb, normalize):
-    """Per-tap ``(N, h, w)`` maps of a batched pair; shared by the functions and ``LPIPS``."""
+def _maps(trunk, params, xb, yb, normalize):
+    """Per-tap ``(N, h, w)`` maps of a batched pair: the one path of every entry point."""
     fx = _taps(trunk, params.version, xb, normalize)
     fy = _taps(trunk, params.version, yb, normalize)
     return _zero_identical(_head_maps(params, fx, fy), xb, yb)
 
 
-# The largest image area (pixels) at which a batch-1 derivative w.r.t. one image runs on
-# the pair's single trunk pass (``one_pass_grad`` of _pair_taps): where it measured faster
-# (interleaved A/B, forward+backward against the two passes apart: vgg 64x64 1.10x,
-# 128x128 1.09x, 256x256 1.01-1.04x; alex 64x64 1.09-1.13x, 128x128 1.07-1.15x, 256x256
-# 1.06x; squeeze 64x64 1.09x, 96x96 1.06x, 128x128 1.03-1.04x, but 160x160 0.75x and
-# 256x256 0.87x). Not above 256x256, where XLA keeps the pass's buffers whole, both
-# images, until the backward pass (vgg 512x512 grad temp 566 -> 718 MiB, for 1-4%).
-_ONE_PASS_GRAD_AREA = {"alex": 256 * 256, "vgg": 256 * 256, "squeeze": 128 * 128}
-
-
 def _pair_maps(params, x, y, normalize, dtype, remat, precision):
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-    if xb.shape[0] == 1 and xb.dtype == yb.dtype and jax.default_backend() == "cpu":
-        # A batch of 1: one trunk pass over the pair (see _pair_taps). Only where it
-        # was measured (the CPU); at larger batches it gained nothing there.
-        trunk = _trunk_apply(params, dtype, remat, precision)
-
-        def raw(trunk_params, images, tangent_rows=None):
-            xs = scale_inputs(_widen(images), params.version, normalize)
-            return trunk(trunk_params, xs, tangent_rows=tangent_rows)
-
-        # The derivative through the one pass too, up to the sizes where it measured
-        # faster (_ONE_PASS_GRAD_AREA); not with remat, whose blocks would keep both
-        # images' inputs (vgg 512x512: kept 376 -> 499 MiB).
-        small = xb.shape[1] * xb.shape[2] <= _ONE_PASS_GRAD_AREA[params.net]
-        one_pass_grad = not remat and small
-        fx, fy = _pair_taps(raw, _normalize_taps, one_pass_grad, params.trunk, xb, yb)
-        maps = _zero_identical(_head_maps(params, fx, fy), xb, yb)
-    else:
-        trunk = _trunk_fn(params, dtype, remat, precision)
-        maps = _pair_maps_with(trunk, params, xb, yb, normalize)
+    maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
     return maps, xb.shape[1:3], unbatched
 
 
@@ -560,7 +366,7 @@ class LPIPS(nn.Module):
             net=self.net, dtype=_compute_dtype(self.dtype, _widen(xb), None), remat=self.remat,
             precision=self.precision, name="trunk",
         )  # fmt: skip
-        maps = _pair_maps_with(trunk, params, xb, yb, normalize)
+        maps = _maps(trunk, params, xb, yb, normalize)
         return _unbatch(_total(_layer_means(maps)), unbatched)
 
 

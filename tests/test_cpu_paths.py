@@ -1,10 +1,10 @@
-"""The two convolution implementations of the trunks (XLA's conv and im2col + matmul)
-against a direct float64 loop in NumPy, in value and in gradient, and the per-layer rule
-that picks between them.
+"""The XLA:CPU fast paths (``lpips_jax._cpu``) against the plain path: each conv form
+against a direct float64 loop in NumPy (value and adjoints), the split forms' derivatives
+of every order against XLA's conv, the per-layer rule, and the whole distance and its
+gradient with and without the fast paths, in float64.
 
-The trunk chooses per layer (``impl="auto"``, lpips_jax._nets._choose_impls); the parity
-tests reach each implementation only at the sizes where the rule picks it, so both are
-checked here on every kernel/stride/padding the three trunks use.
+The parity tests reach each form only at the sizes where the rule picks it, so every form
+is checked here on every kernel/stride/padding the three trunks use.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lpips_jax import _nets
+from lpips_jax import _cpu, _ops
+from lpips_jax._cpu import _conv
 
 
 def _direct_conv(x, k, b, stride, pad):
@@ -41,14 +42,20 @@ CASES = [
 ]
 
 
+def _fast_conv(x, k, b, s, p, impl):
+    """One form, or ``"auto"``: the CPU rule over all forms (``_cpu.conv2d``)."""
+    if impl == "auto":
+        return _cpu.conv2d(x, k, s, p, None, _cpu.CONV_PATHS) + b
+    return _conv.conv(x, k, s, p, impl, None) + b
+
+
 @pytest.mark.parametrize("impl", ["xla", "eigen", "im2col", "s2d", "auto"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}x{c[1]}s{c[2]}p{c[3]}")
 def test_conv_matches_direct_definition(case, impl):
     xs, kk, s, p, co = case
     if impl == "eigen" and s != 1:
         with pytest.raises(ValueError, match="stride-1 convs: got stride"):
-            _nets.conv2d(jnp.zeros(xs), jnp.zeros((kk, kk, xs[-1], co)), jnp.zeros(co), s, p,
-                         impl=impl)  # fmt: skip
+            _fast_conv(jnp.zeros(xs), jnp.zeros((kk, kk, xs[-1], co)), jnp.zeros(co), s, p, impl)
         return
     rng = np.random.default_rng(sum(xs) + kk)
     x = rng.standard_normal(xs)
@@ -56,14 +63,14 @@ def test_conv_matches_direct_definition(case, impl):
     b = rng.standard_normal(co)
     want = _direct_conv(x, k, b, s, p)
     with jax.enable_x64():
-        got = _nets.conv2d(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), s, p, impl=impl)
+        got = _fast_conv(jnp.asarray(x), jnp.asarray(k), jnp.asarray(b), s, p, impl)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
 
         # Gradient w.r.t. input and kernel of <conv(x, k), g>: the adjoints, by hand.
         g = rng.standard_normal(want.shape)
 
         def loss(x_, k_):
-            return jnp.sum(_nets.conv2d(x_, k_, jnp.asarray(b), s, p, impl=impl) * g)
+            return jnp.sum(_fast_conv(x_, k_, jnp.asarray(b), s, p, impl) * g)
 
         gx, gk = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(k))
     # d/dk[a,b,c,o] = sum_{n,i,j} xpad[n, i*s+a, j*s+b, c] * g[n,i,j,o]; d/dx by scatter.
@@ -83,21 +90,24 @@ def test_conv_matches_direct_definition(case, impl):
     np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-11, atol=1e-11)
 
 
-def test_unknown_impl_is_refused():
+def test_unknown_form_is_refused():
     x = jnp.zeros((1, 4, 4, 3))
     k = jnp.zeros((3, 3, 3, 2))
-    with pytest.raises(ValueError, match="impl='fft'.*'eigen'.*'s2d'"):
-        _nets.conv2d(x, k, jnp.zeros(2), 1, 1, impl="fft")
+    with pytest.raises(ValueError, match="form 'fft'.*'eigen'.*'s2d'"):
+        _conv.conv(x, k, 1, 1, "fft", None)
+    with pytest.raises(ValueError, match="unknown CPU fast paths \\['fft'\\]"):
+        with _ops.fast_paths(["im2col", "fft"]):
+            pass
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is for XLA:CPU")
 def test_rule_on_cpu():
-    """The measured rule (lpips_jax/_nets.py, bench/bench_layers.py), as (forward,
+    """The measured rule (lpips_jax/_cpu, bench/bench_layers.py), as (forward,
     derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
     for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more
     (and forward for alex's 5x5 conv on small maps); XLA's conv otherwise; for alex's
     11x11 stride-4 conv, XLA forward and the space-to-depth form for the derivatives."""
-    choose = _nets._choose_impls
+    choose = lambda x, k, s: _cpu.choose(x, k, s, jnp.float32, _cpu.CONV_PATHS)  # noqa: E731
     both = ("im2col", "im2col")
     assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == both
     assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == ("xla", "s2d")
@@ -116,101 +126,54 @@ def test_rule_on_cpu():
     assert choose((1, 65, 65, 3), (3, 3, 3, 64), 2) == ("xla", "xla")  # squeeze's first
 
 
-# (impl, input shape, kernel, stride, padding, Cout, seed): the custom-JVP forms.
+def test_rule_without_some_forms():
+    """A disabled form falls back to XLA's conv; without "split", the forward form serves
+    the derivatives too; half precision never takes the Eigen forms."""
+    f32 = jnp.float32
+    assert _cpu.choose((1, 66, 66, 3), (3, 3, 3, 64), 1, f32, frozenset({"im2col"})) == ("xla", "xla")
+    assert _cpu.choose((1, 68, 68, 3), (11, 11, 3, 64), 4, f32, frozenset({"split"})) == ("xla", "xla")
+    k5 = ((32, 11, 11, 64), (5, 5, 64, 192), 1)
+    assert _cpu.choose(*k5, f32, frozenset({"eigen", "im2col"})) == ("eigen", "eigen")
+    assert _cpu.choose(*k5, jnp.bfloat16, _cpu.CONV_PATHS) == ("xla", "im2col")
+
+
+# (forward form, derivative form, input shape, kernel, stride, padding, Cout, seed)
 DERIVATIVE_CASES = [
-    ("auto", (2, 19, 17, 3), 11, 4, 2, 4, 7),  # strided: space-to-depth derivatives
-    ("s2d", (2, 19, 17, 3), 11, 4, 2, 4, 7),
-    ("eigen", (2, 9, 7, 5), 3, 1, 1, 6, 3),  # its own input-gradient form
-    ("eigen", (2, 9, 7, 5), 5, 1, 2, 6, 5),
+    ("xla", "s2d", (2, 19, 17, 3), 11, 4, 2, 4, 7),  # alex's first conv
+    ("eigen", "eigen", (2, 9, 7, 5), 3, 1, 1, 6, 3),  # its own input-gradient form
+    ("eigen", "im2col", (2, 9, 7, 5), 5, 1, 2, 6, 5),
+    ("xla", "im2col", (2, 9, 7, 5), 3, 1, 1, 6, 5),
 ]
 
 
-def _random_conv(xs, kk, co, seed):
-    """A generator, a standard-normal input of shape ``xs`` and a ``kk x kk`` kernel to ``co``."""
+@pytest.mark.parametrize("case", DERIVATIVE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[3]}x{c[3]}s{c[4]}")
+def test_split_conv_derivatives_of_every_order(case):
+    """The convs whose derivatives take another form (a custom JVP): forward mode, reverse
+    mode and second order all equal XLA's own conv, in float64."""
+    fwd, jvp, xs, kk, s, p, co, seed = case
     rng = np.random.default_rng(seed)
-    return rng, rng.standard_normal(xs), rng.standard_normal((kk, kk, xs[-1], co))
-
-
-@pytest.mark.parametrize("case", DERIVATIVE_CASES, ids=lambda c: f"{c[0]}-{c[2]}x{c[2]}s{c[3]}")
-def test_custom_jvp_conv_derivatives_of_every_order(case):
-    """The convs with a custom JVP (on the CPU, a strided conv through its space-to-depth
-    form; impl="eigen" through its own input-gradient form): forward mode, reverse mode and
-    second order all equal XLA's own conv, in float64."""
-    impl, xs, kk, s, p, co, seed = case
-    rng, x, k = _random_conv(xs, kk, co, seed)
-    b = np.zeros(co)
+    x, k = rng.standard_normal(xs), rng.standard_normal((kk, kk, xs[-1], co))
     with jax.enable_x64():
-        x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
-
-        def f(impl_):
-            return lambda x_, k_: jnp.sum(jnp.tanh(_nets.conv2d(x_, k_, b, s, p, impl=impl_)))
-
+        x, k = jnp.asarray(x), jnp.asarray(k)
+        split = lambda x_, k_: jnp.sum(jnp.tanh(_conv.split_conv(x_, k_, s, p, fwd, jvp, None)))  # noqa: E731
+        plain = lambda x_, k_: jnp.sum(jnp.tanh(_conv.conv(x_, k_, s, p, "xla", None)))  # noqa: E731
         tx, tk = jnp.ones_like(x), jnp.full_like(k, 0.5)
-        got = jax.jvp(f(impl), (x, k), (tx, tk))
-        want = jax.jvp(f("xla"), (x, k), (tx, tk))
-        np.testing.assert_allclose(got[1], want[1], rtol=1e-10)
-        grads = jax.grad(f(impl), argnums=(0, 1))(x, k)
-        grads_want = jax.grad(f("xla"), argnums=(0, 1))(x, k)
-        for g, w in zip(grads, grads_want):
+        np.testing.assert_allclose(jax.jvp(split, (x, k), (tx, tk))[1], jax.jvp(plain, (x, k), (tx, tk))[1],
+                                   rtol=1e-10)  # fmt: skip
+        for g, w in zip(jax.grad(split, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k)):
             np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
-        hv = jax.jvp(jax.grad(f(impl)), (x, k), (tx, tk))[1]
-        hv_want = jax.jvp(jax.grad(f("xla")), (x, k), (tx, tk))[1]
-        np.testing.assert_allclose(hv, hv_want, rtol=1e-9, atol=1e-12)
+        hv = jax.jvp(jax.grad(split), (x, k), (tx, tk))[1]
+        np.testing.assert_allclose(hv, jax.jvp(jax.grad(plain), (x, k), (tx, tk))[1], rtol=1e-9, atol=1e-12)
 
 
-def _derivative(what, f):
-    if what == "jvp":
-        return lambda a, t: jax.jvp(f, (a,), (t,))
-    if what == "grad":
-        return lambda a, t: jax.grad(f)(a)
-    return lambda a, t: jax.jvp(jax.grad(f), (a,), (t,))[1]
-
-
-_SLOW = pytest.mark.slow  # ~10 s each: XLA:CPU compiles float64 convs slowly
-ROWS_CASES = [("auto", c) for c in CASES] + [
-    ("im2col", CASES[2]), ("s2d", CASES[0]),
-    pytest.param("xla", CASES[2], marks=_SLOW), pytest.param("eigen", CASES[2], marks=_SLOW),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("impl", "case"), ROWS_CASES, ids=lambda c: c if isinstance(c, str) else f"{c[1]}x{c[1]}s{c[2]}"
-)
-def test_tangent_rows_derivatives_equal_full_batch(impl, case):
-    """``tangent_rows=n`` (only the first n images carry a tangent w.r.t. x): with such a
-    tangent, forward mode, the gradient w.r.t. those images and the second order equal the
-    conv's own derivatives on the whole batch, in float64; the others' cotangent is zero
-    by that promise."""
-    xs, kk, s, p, co = case
-    xs = (xs[0] + 2, *xs[1:])  # 2 more images than the differentiated ones
-    n = xs[0] - 2
-    rng, x, k = _random_conv(xs, kk, co, 11)
-    b = rng.standard_normal(co)
+def test_channel_sum_forms_agree():
+    """The CPU channel sum (a leading 1 dropped) is the plain one, value and gradient."""
     with jax.enable_x64():
-        x, k, b = jnp.asarray(x), jnp.asarray(k), jnp.asarray(b)
-
-        def f(rows):
-            def loss(head):  # the first n images as the argument, the rest constant
-                full = jnp.concatenate([head, x[n:]])
-                out = _nets.conv2d(full, k, b, s, p, impl=impl, tangent_rows=rows)
-                w = jnp.arange(out.size, dtype=out.dtype).reshape(out.shape) / out.size
-                return jnp.sum(jnp.tanh(out) * w)
-
-            return loss
-
-        head = x[:n]
-        t = jnp.asarray(rng.standard_normal(head.shape))
-        for what in ("jvp", "grad", "jvp of grad"):
-            got, want = (jax.jit(_derivative(what, f(rows)))(head, t) for rows in (n, None))
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-13, err_msg=what)
-
-        # The promise: the other images' cotangent is dropped, not computed.
-        def total(rows):
-            return lambda a: jnp.sum(_nets.conv2d(a, k, b, s, p, impl=impl, tangent_rows=rows))
-
-        g, g_full = (jax.jit(jax.grad(total(rows)))(x) for rows in (n, None))
-        np.testing.assert_allclose(g[:n], g_full[:n], rtol=1e-12)
-        assert np.any(np.asarray(g_full[n:])) and not np.any(np.asarray(g[n:]))
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 4, 7)))
+        plain = lambda a: jnp.sum(jnp.sum(a, -1, keepdims=True) ** 2)  # noqa: E731
+        fast = lambda a: jnp.sum(_cpu.channel_sum(a) ** 2)  # noqa: E731
+        np.testing.assert_allclose(fast(a), plain(a), rtol=1e-14)
+        np.testing.assert_allclose(jax.grad(fast)(a), jax.grad(plain)(a), rtol=1e-14)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="about XLA:CPU")
@@ -224,7 +187,7 @@ def test_eigen_form_keeps_convs_off_ynnpack():
 
     def hlo(impl):
         def loss(x_):
-            return jnp.sum(_nets.conv2d(x_, k, jnp.zeros(32), 1, 1, impl=impl) ** 2)
+            return jnp.sum(_conv.split_conv(x_, k, 1, 1, impl, impl, None) ** 2)
 
         return jax.jit(jax.value_and_grad(loss)).lower(x).compile().as_text()
 
@@ -235,3 +198,29 @@ def test_eigen_form_keeps_convs_off_ynnpack():
     if in_entry == total:
         pytest.skip("this XLA:CPU runs no conv through YNNPACK")
     assert convs(hlo("eigen")) == (2, 2)  # forward and input gradient, unfused: XLA's own
+
+
+# (net, batch, size): each takes a mix of the forms (im2col, split, eigen for the 30x30+
+# maps of vgg at 64; alex's s2d first conv).
+WHOLE = [("alex", 2, 64), ("vgg", 1, 64), pytest.param("squeeze", 2, 40, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize(("net", "n", "size"), WHOLE)
+def test_distance_and_gradient_equal_plain_path(net, n, size):
+    """The whole distance and its gradient w.r.t. x and y with every CPU fast path equal
+    the plain path (``fast_paths(False)``), in float64 on random images (no ties)."""
+    from _loss_helpers import params_for, to_f64
+
+    import lpips_jax
+
+    rng = np.random.default_rng(3)
+    x, y = (rng.uniform(-1, 1, (n, size, size, 3)) for _ in range(2))
+    with jax.enable_x64():
+        p = to_f64(params_for(net))
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        f = lambda p, x, y: jax.value_and_grad(lambda a, b: lpips_jax.distance(p, a, b).sum(), (0, 1))(x, y)  # noqa: E731
+        fast = jax.jit(f)(p, x, y)
+        with _ops.fast_paths(False):
+            plain = jax.jit(lambda *a: f(*a))(p, x, y)
+    for a, b in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * float(np.abs(b).max()))

@@ -1,0 +1,89 @@
+"""XLA:CPU fast paths behind :mod:`lpips_jax._ops`: the only backend-specific code.
+
+Each form computes the same function as the plain one in ``_ops`` (tests compare them
+in float64); each is kept because an interleaved A/B of the whole distance showed it
+pays >= 15% on some benchmark row (``docs/speed.md``, "A/B of the CPU fast paths").
+Chosen per layer from the shapes, which are static; the thresholds were measured on
+AVX2 and AVX-512 x86 CPUs (2 cores).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from lpips_jax._cpu import _conv
+
+# im2col: patches and one matmul; eigen: XLA's conv kept off YNNPACK; s2d: alex's strided
+# first conv differentiated as a space-to-depth conv; split: forward and derivatives in
+# different forms; sums: channel sums without a leading batch of 1.
+CONV_PATHS = frozenset({"im2col", "eigen", "s2d", "split"})
+FAST_PATHS = ("im2col", "eigen", "s2d", "split", "sums")
+
+# Per-layer choice (forward form, derivative form), by output rows (N*oh*ow), map area,
+# kernel and patch size; see docs/speed.md for the per-layer timings behind each rule.
+_SMALL_ROWS = 128  # im2col both ways for small outputs ...
+_TINY_MAP, _TINY_MAP_ROWS = 16, 512  # ... or maps of <= 4x4 up to 512 rows
+_K5_MAP, _K5_ROWS = 64, 4096  # alex's 5x5 conv on maps of <= 8x8
+_SPLIT_ROWS, _SPLIT_PATCH = 1024, 10 * 2**20 // 4  # XLA forward, im2col derivatives
+_STEM_PATCH = 16 * 2**20 // 4  # the first conv (3 channels): im2col derivatives up to 16 MB
+_EIGEN_AREA = 900  # maps of 30x30 and more: Eigen both ways
+
+
+def choose(x_shape, k_shape, stride, dtype, forms: frozenset[str]) -> tuple[str, str]:
+    """``(forward form, derivative form)`` of a conv on a (padded) input of ``x_shape``,
+    among the enabled ``forms`` (``"xla"`` is always there)."""
+    fwd, jvp = _choose_all(x_shape, k_shape, stride)
+    if dtype != jnp.float32:
+        # Half-precision convs never go to YNNPACK; float64 must stay there (its Eigen
+        # forms fall to a generic loop, 15x slower).
+        fwd, jvp = ("xla" if f == "eigen" else f for f in (fwd, jvp))
+    fwd, jvp = (f if f in forms else "xla" for f in (fwd, jvp))
+    if fwd != jvp and "split" not in forms:
+        jvp = fwd
+    return fwd, jvp
+
+
+def _choose_all(x_shape, k_shape, stride) -> tuple[str, str]:
+    n, h, w, ci = x_shape
+    kh, kw = k_shape[0], k_shape[1]
+    oh, ow = (h - kh) // stride + 1, (w - kw) // stride + 1
+    rows, area = n * oh * ow, oh * ow
+    if kh == 1 and kw == 1:
+        return "im2col", "im2col"  # a plain matmul
+    if kh > 5:  # alex's 11x11 stride-4 first conv
+        return "xla", ("s2d" if stride > 1 else "xla")
+    if rows <= _SMALL_ROWS or (area <= _TINY_MAP and rows <= _TINY_MAP_ROWS):
+        return "im2col", "im2col"
+    if kh == 5 and area <= _K5_MAP and rows <= _K5_ROWS:
+        return "eigen", "im2col"
+    patch = rows * kh * kw * ci  # elements of im2col's patch matrix
+    if stride == 1 and ci <= 4 and patch <= _STEM_PATCH:
+        return "xla", "im2col"
+    if stride == 1 and area >= _EIGEN_AREA:
+        return "eigen", "eigen"
+    if stride == 1 and rows <= _SPLIT_ROWS and patch <= _SPLIT_PATCH:
+        return "xla", "im2col"
+    return "xla", "xla"
+
+
+def conv2d(x, kernel, stride: int, padding: int, precision: Any, forms: frozenset[str]) -> jax.Array:
+    """The conv of ``_ops.conv2d`` (without bias) in the forms chosen for its shapes."""
+    n, h, w, ci = x.shape
+    padded = (n, h + 2 * padding, w + 2 * padding, ci)
+    dtype = jnp.result_type(x, kernel)
+    fwd, jvp = choose(padded, kernel.shape, stride, dtype, forms)
+    if fwd == jvp and fwd != "eigen":  # one form, JAX's own derivatives
+        return _conv.conv(x, kernel, stride, padding, fwd, precision)
+    return _conv.split_conv(x, kernel, stride, padding, fwd, jvp, precision)
+
+
+def channel_sum(a: jax.Array) -> jax.Array:
+    """``sum(a, -1, keepdims=True)`` with a leading 1 dropped: XLA:CPU's YNNPACK reductions
+    split their work along the leading axis, and with a batch of 1 the normalisation's
+    backward pass ran 7-25x slower (vgg 256x256, first tap)."""
+    if a.ndim > 2 and a.shape[0] == 1:
+        return jnp.sum(a[0], axis=-1, keepdims=True)[None]
+    return jnp.sum(a, axis=-1, keepdims=True)
