@@ -20,8 +20,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import lpips_jax
-from lpips_jax._train import export_heads_torch_format
 from lpips_jax._weights import WeightsError
+from lpips_jax.bapps.train import export_heads_torch_format
 
 
 def export(src: str | Path, dst: str | Path, *, trunk: bool = False) -> dict:

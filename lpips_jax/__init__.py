@@ -8,7 +8,6 @@ with ``normalize=True``). ``distance`` returns ``(N,)`` or ``()`` float32.
 """
 
 from lpips_jax._checks import NETS, VERSIONS
-from lpips_jax._evaluate import dssim, evaluate, l2, score_2afc, score_jnd, ssim, voc_ap
 from lpips_jax._metric import (
     LPIPS,
     LPIPSParams,
@@ -21,8 +20,9 @@ from lpips_jax._metric import (
     to_params,
 )
 from lpips_jax._nets import Trunk, min_size, tap_channels
-from lpips_jax._train import TrainResult, export_heads_torch_format, train
 from lpips_jax._weights import WeightsError, load, save
+from lpips_jax.bapps.evaluate import dssim, evaluate, l2, score_2afc, score_jnd, ssim, voc_ap
+from lpips_jax.bapps.train import TrainResult, export_heads_torch_format, train
 from lpips_jax.io import ImageError, ImageInfo, read_image
 
 __version__ = "0.2.0"

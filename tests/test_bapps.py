@@ -134,7 +134,7 @@ def trained(prepared, tmp_path_factory):
 
 
 def _cfg(n=40):
-    from lpips_jax._train import TrainConfig
+    from lpips_jax.bapps.train import TrainConfig
 
     kw = {k: v for k, v in TRAIN_KW.items() if k != "progress"}
     return TrainConfig(net="alex", version="0.1", mode="lin", num_examples=n, **kw)
@@ -148,7 +148,8 @@ def test_core_import_does_not_import_tfds():
     import sys
 
     code = (
-        "import sys, lpips_jax, lpips_jax.bapps; "
+        "import sys, lpips_jax, lpips_jax.bapps, lpips_jax.bapps.evaluate, lpips_jax.bapps.train; "
+        "import lpips_jax.cli; lpips_jax.cli.build_parser(); "
         "assert 'tensorflow_datasets' not in sys.modules, 'tfds imported'; "
         "assert 'tensorflow' not in sys.modules; assert 'torch' not in sys.modules"
     )
@@ -280,6 +281,43 @@ def test_scores_equal_hand_computed_values():
         lpips_jax.score_jnd([0.1, 0.2], [0, 0])
 
 
+class _FakeJndLoader:
+    """What the official ``score_jnd_dataset`` reads: ``load_data()`` yielding batches of
+    ``p0``, ``p1`` (any stand-in: the fake ``func`` ignores them) and ``same``."""
+
+    def __init__(self, d, same, batch=7):
+        import torch
+
+        self.batches = [
+            {"p0": torch.as_tensor(d[i : i + batch]), "p1": None,
+             "same": torch.as_tensor(same[i : i + batch]).reshape(-1, 1, 1, 1)}
+            for i in range(0, len(d), batch)
+        ]  # fmt: skip
+
+    def load_data(self):
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("seed", [0, 2])  # seeds where a stable sort scores otherwise
+def test_jnd_with_tied_distances_equals_the_official_function(seed, capsys):
+    # Reference: lpips 0.1.4's own lpips.trainer.score_jnd_dataset, driven by a fake data
+    # loader and a fake func that returns the distances given (float32, as a model's).
+    import torch
+    from lpips.trainer import score_jnd_dataset
+
+    import lpips_jax
+
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(0.0, 1.0, 40).astype(np.float32)
+    d[rng.choice(40, 12, replace=False)] = 0.0  # identical patches: exact ties at 0
+    d[rng.choice(40, 6, replace=False)] = np.float32(0.25)  # and ties elsewhere
+    same = rng.choice([0.0, 1 / 3, 2 / 3, 1.0], 40).astype(np.float32)
+    want, _ = score_jnd_dataset(_FakeJndLoader(d, same), lambda p0, p1: torch.as_tensor(p0))
+    capsys.readouterr()  # the official tqdm bar
+    got = lpips_jax.score_jnd(d, same)
+    assert got == pytest.approx(want, abs=1e-12)
+
+
 def _straight_ap(d, same):
     """An independent, loop-based re-derivation of the official JND mAP."""
     order = sorted(range(len(d)), key=lambda i: d[i])
@@ -313,7 +351,7 @@ def test_scores_equal_official_logic_on_the_same_distances(prepared, mini):
     import torch
 
     import lpips_jax
-    from lpips_jax._evaluate import to_unit_official
+    from lpips_jax.bapps.evaluate import to_unit_official
 
     calls = []
 
@@ -399,7 +437,7 @@ def test_evaluate_lpips_equals_official_model(prepared, mini):
     from conftest import official_model
 
     import lpips_jax
-    from lpips_jax._evaluate import to_unit_official
+    from lpips_jax.bapps.evaluate import to_unit_official
 
     params = lpips_jax.load("alex")
     res = lpips_jax.evaluate(params, data_dir=prepared, batch_size=8, return_distances=True)
@@ -424,7 +462,7 @@ def test_l2_and_ssim_baselines_match_skimage_and_official():
     from skimage.metrics import structural_similarity
 
     import lpips_jax
-    from lpips_jax._evaluate import to_unit_official
+    from lpips_jax.bapps.evaluate import to_unit_official
 
     a = photo_crops((64, 64), 3, seed=5)
     b = np.stack([graded(x, "noise", 2, seed=i) for i, x in enumerate(a)])
@@ -483,7 +521,7 @@ def test_dist2logit_and_loss_equal_official():
     import lpips
     import torch
 
-    from lpips_jax._train import Dist2Logit
+    from lpips_jax.bapps.train import Dist2Logit
 
     torch.manual_seed(0)
     off = lpips.BCERankingLoss()
@@ -513,7 +551,7 @@ def test_dist2logit_and_loss_equal_official():
 
 
 def test_learning_rate_schedule_is_official():
-    from lpips_jax._train import lr_factor
+    from lpips_jax.bapps.train import lr_factor
 
     got = [float(lr_factor(e, 5, 5)) for e in range(10)]
     np.testing.assert_allclose(got, [1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2], rtol=1e-6)
@@ -521,7 +559,7 @@ def test_learning_rate_schedule_is_official():
 
 def test_train_distance_without_dropout_is_lpips():
     import lpips_jax
-    from lpips_jax._train import train_distance
+    from lpips_jax.bapps.train import train_distance
 
     params = lpips_jax.load("alex")
     rng = np.random.default_rng(0)
@@ -540,7 +578,7 @@ def to_unit_official_np(u8):
 
 def test_lin_training_lowers_loss_and_raises_2afc_accuracy(trained, prepared):
     import lpips_jax
-    from lpips_jax._train import TRACE_COUNTS, init_state
+    from lpips_jax.bapps.train import TRACE_COUNTS, init_state
 
     result, out = trained
     losses = [h["loss"] for h in result.history]
@@ -575,7 +613,7 @@ def jax_leaves(tree):
 
 def test_resume_continues_where_it_stopped(trained, prepared, tmp_path):
     import lpips_jax
-    from lpips_jax._train import TRACE_COUNTS
+    from lpips_jax.bapps.train import TRACE_COUNTS
 
     full, _ = trained
     ck = tmp_path / "ckpt"
@@ -606,7 +644,7 @@ def test_exported_heads_work_in_official_lpips(trained, tmp_path):
     import torch
 
     from convert.export_heads import main as export_main
-    from lpips_jax._evaluate import batched_distances
+    from lpips_jax.bapps.evaluate import batched_distances
 
     result, out = trained
     pth = tmp_path / "heads.pth"
@@ -662,7 +700,7 @@ def test_torch_format_names_match_the_official_state_dict(net):
 @pytest.mark.slow
 def test_scratch_mode_trains_the_trunk(mini):
     import lpips_jax
-    from lpips_jax._train import init_trunk
+    from lpips_jax.bapps.train import init_trunk
 
     rows = mini[1][("2afc", "train", "cnn")][:8]
     data = {k: np.stack([r[j] for r in rows]) for j, k in enumerate(("ref", "p0", "p1"))}
@@ -743,8 +781,40 @@ def test_cli_train_writes_params_and_says_how_to_export(trained, prepared, tmp_p
     for x, y in zip(jax_leaves(loaded.heads), jax_leaves(full.params.heads), strict=True):
         np.testing.assert_array_equal(x, y)
     assert main(["train", "--tfds-dir", str(prepared), "--out", str(out), "--mode", "lin",
-                 "--epochs", "-1", "--no-progress"]) == 1  # fmt: skip
-    assert "epochs=-1" in capsys.readouterr().err
+                 "--epochs", "-1", "--no-progress"]) == 2  # fmt: skip
+    assert "argument --epochs: '-1': expected an integer >= 0" in capsys.readouterr().err
+
+
+def test_cli_eval_failing_writes_no_json(tmp_path, capsys):
+    from lpips_jax.cli import main
+
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--tfds-dir", str(tmp_path / "none"), "--json", str(out), "--no-progress"]) == 1
+    assert "no prepared BAPPS data" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+    assert main(["eval", "--data", str(tmp_path / "nope"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_failing_midway_leaves_no_file(tmp_path, monkeypatch):
+    from lpips_jax.bapps import train as train_mod
+
+    cfg = train_mod.TrainConfig(num_examples=4, batch_size=2)
+    state = train_mod.init_state(cfg)
+    path = tmp_path / "ck" / "epoch_0001.safetensors"
+    real_save = train_mod.save
+
+    def half_then_fail(*args, **kwargs):
+        raise OSError(f"disk full after {len(real_save(*args, **kwargs)) // 2} bytes (simulated)")
+
+    monkeypatch.setattr(train_mod, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        train_mod.save_checkpoint(path, state, cfg, 1, [])
+    assert list(path.parent.iterdir()) == [] and train_mod.latest_checkpoint(path.parent) is None
+    monkeypatch.undo()
+    train_mod.save_checkpoint(path, state, cfg, 1, [])
+    assert train_mod.latest_checkpoint(path.parent) == path
+    assert train_mod.load_checkpoint(path, cfg, state)[1] == 1
 
 
 def test_options_are_keyword_only():

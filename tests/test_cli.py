@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,9 @@ from conftest import distort, photo_crops
 from PIL import Image
 from test_io import _png16
 
-import lpips_jax
 from lpips_jax import _heatmap, cli
 from lpips_jax import io as lio
+from lpips_jax.cli import _reading
 
 EXE = shutil.which("lpips-jax", path=str(Path(sys.executable).parent)) or shutil.which("lpips-jax")
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -74,7 +73,7 @@ def ref_distances(params, pairs) -> np.ndarray:
     One pair at a time through one jit (the CLI module's, so in-process ``dist`` calls
     share its single compile).
     """
-    return np.array([float(cli._distance_jit(params, x[None], y[None])[0]) for x, y in pairs])
+    return np.array([float(_reading.distance_jit(params, x[None], y[None])[0]) for x, y in pairs])
 
 
 def read_csv(path) -> list[list[str]]:
@@ -323,7 +322,7 @@ def test_map_heatmap_png_and_npy(tmp_path, photos, alex_params):
     assert r.returncode == 0, r.stderr
     m = np.load(npy)
     assert m.shape == (64, 64) and m.dtype == np.float32
-    want = cli._map_jit(alex_params, u8(photos[0])[None], u8(distort(photos[0], "blur"))[None])
+    want = _reading.map_jit(alex_params, u8(photos[0])[None], u8(distort(photos[0], "blur"))[None])
     np.testing.assert_allclose(m, np.asarray(want)[0], **TOL)
     assert float(last_line(r.stdout)) == pytest.approx(float(m.mean()), abs=1e-6)
     with Image.open(png) as im:
@@ -458,7 +457,7 @@ def test_usage_errors_exit_2(tmp_path, photos, capsys):
 
 
 # ---------------------------------------------------------------------------------------
-# convert, and the hook for other commands.
+# convert, and the list of commands.
 
 
 def test_convert_forwards(tmp_path, capsys):
@@ -484,20 +483,107 @@ def test_convert_missing_torch_or_package(monkeypatch, capsys):
     assert "convert/ is not importable" in err and "pip install -e '.[convert]'" in err
 
 
-def test_other_commands_register_through_hook(monkeypatch, capsys):
-    def register(sub):
-        p = sub.add_parser("hello", help="say hello")
-        p.add_argument("--code", type=int, default=3)
-        p.set_defaults(func=lambda args: args.code)
-
-    fake = types.ModuleType("lpips_jax._bapps_cli")
-    fake.register = register
-    monkeypatch.setitem(sys.modules, "lpips_jax._bapps_cli", fake)
-    monkeypatch.setattr(lpips_jax, "_bapps_cli", fake, raising=False)
-    assert cli.main(["hello"]) == 3
-    assert cli.main(["hello", "--code", "0"]) == 0
+def test_every_command_is_registered(capsys):
     assert cli.main(["--help"]) == 0
-    assert "hello" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for cmd in ("dist", "map", "dirs", "allpairs", "eval", "train", "convert"):
+        assert cmd in out
+
+
+# ---------------------------------------------------------------------------------------
+# The conventions every subcommand shares (cli/_common.py, lpips_jax/_outputs.py).
+
+_BAD_NUMBERS = [
+    (["dirs", "D", "D"], "--batch-size", "0", "expected a positive integer"),
+    (["dirs", "D", "D"], "--workers", "two", "expected a positive integer"),
+    (["allpairs", "D"], "--batch-size", "-3", "expected a positive integer"),
+    (["allpairs", "D"], "--max-feature-mb", "nan", "expected a positive number"),
+    (["map", "A", "A"], "--alpha", "1.5", "expected a number in [0, 1]"),
+    (["map", "A", "A"], "--vmax", "-1", "expected a positive number"),
+    (["map", "A", "A"], "--zoom", "0", "expected a positive integer"),
+    (["eval"], "--batch-size", "0", "expected a positive integer"),
+    (["train", "--out", "o.safetensors"], "--batch-size", "1.5", "expected a positive integer"),
+    (["train", "--out", "o.safetensors"], "--epochs", "-1", "expected an integer >= 0"),
+    (["train", "--out", "o.safetensors"], "--epochs-decay", "x", "expected an integer >= 0"),
+    (["train", "--out", "o.safetensors"], "--lr", "0", "expected a positive number"),
+    (["train", "--out", "o.safetensors"], "--lr", "inf", "expected a positive number"),
+    (["train", "--out", "o.safetensors"], "--beta1", "1", "expected a number in [0, 1)"),
+    (["train", "--out", "o.safetensors"], "--dropout", "-0.1", "expected a number in [0, 1)"),
+    (["train", "--out", "o.safetensors"], "--seed", "-1", "expected an integer >= 0"),
+    (["train", "--out", "o.safetensors"], "--stop-after", "0", "expected a positive integer"),
+]
+
+
+@pytest.mark.parametrize("argv, option, value, expected", _BAD_NUMBERS)
+def test_bad_numeric_option_exits_2_naming_value(argv, option, value, expected, capsys):
+    assert cli.main([*argv, option, value]) == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: {value!r}: {expected}" in err, err
+
+
+def test_train_needs_an_epoch_exit_2(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "o.safetensors"), "--epochs", "0", "--epochs-decay", "0"]
+    assert cli.main(argv) == 2
+    assert "--epochs 0 --epochs-decay 0: expected at least one epoch" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+_POSITIONALS = {
+    "dist": ["A", "B"], "map": ["A", "B"], "dirs": ["D0", "D1"], "allpairs": ["D"],
+    "eval": [], "train": ["--out", "o.safetensors"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cmd", sorted(_POSITIONALS))
+def test_progress_flags_accepted_everywhere(cmd):
+    parser = cli.build_parser()
+    assert parser.parse_args([cmd, *_POSITIONALS[cmd]]).progress is None  # a terminal decides
+    assert parser.parse_args([cmd, *_POSITIONALS[cmd], "--no-progress"]).progress is False
+    assert parser.parse_args([cmd, *_POSITIONALS[cmd], "--progress"]).progress is True
+
+
+def test_convert_accepts_and_drops_no_progress(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "p.safetensors"
+    argv = ["convert", "--no-progress", "--net", "alex", "--heads", str(tmp_path / "nope.pth")]
+    assert cli.main([*argv, "--out", str(out)]) == 1  # the converter ran: a missing file
+    assert "unrecognized arguments" not in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_atomic_file_keeps_the_old_file_when_writing_fails(tmp_path):
+    from lpips_jax._outputs import atomic_file
+
+    target = tmp_path / "out.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError, match="midway"), atomic_file(target, "w") as f:
+        f.write("half of the new")
+        raise RuntimeError("midway")
+    assert target.read_text() == "old\n" and sorted(tmp_path.iterdir()) == [target]
+    with atomic_file(target, "w") as f:
+        f.write("new\n")
+    assert target.read_text() == "new\n" and sorted(tmp_path.iterdir()) == [target]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_map_writes_neither_file_when_the_png_fails_midway(tmp_path, photos, monkeypatch, capsys):
+    a = str(save(photos[0], tmp_path / "a.png"))
+    b = str(save(photos[1], tmp_path / "b.png"))
+    real_save = Image.Image.save
+
+    def broken_save(self, fp, *args, **kwargs):
+        if hasattr(fp, "write"):
+            fp.write(b"\x89PNG half")
+            raise OSError("disk full (simulated)")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    png, npy = tmp_path / "m.png", tmp_path / "m.npy"
+    assert cli.main(["map", a, b, "-o", str(png), "--npy", str(npy), "--no-progress"]) == 1
+    assert "disk full (simulated)" in capsys.readouterr().err
+    assert not png.exists() and not npy.exists() and not list(tmp_path.glob("*.partial"))
 
 
 def test_fmt_round_trips_float32():

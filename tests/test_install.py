@@ -64,7 +64,7 @@ def test_wheel_contents(wheel):
             data = z.read(f"lpips_jax/weights/{name}")
             assert hashlib.sha256(data).hexdigest() == sha, name
     assert "lpips_jax/weights/README.md" in names
-    assert "lpips_jax/__init__.py" in names and "lpips_jax/cli.py" in names
+    assert "lpips_jax/__init__.py" in names and "lpips_jax/cli/__init__.py" in names
     shipped = {n.split("/")[-1] for n in names if n.startswith("lpips_jax/weights/")}
     assert {n for n in shipped if n.endswith(".safetensors")} == set(SHIPPED)
     assert "[console_scripts]" in entry_points

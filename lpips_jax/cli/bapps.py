@@ -1,28 +1,42 @@
 """``lpips-jax eval`` and ``lpips-jax train``: BAPPS scoring and head training.
 
-``register(subparsers)`` adds both subcommands to the ``lpips-jax`` argparse parser; each
-sets ``func(args) -> int`` (the exit code).
+``register(subparsers, progress)`` adds both subcommands; each sets ``func(args) -> int``
+(the exit code). The library code (:mod:`lpips_jax.bapps.evaluate`,
+:mod:`lpips_jax.bapps.train`) and tensorflow-datasets are imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from lpips_jax._checks import NETS, VERSIONS
+from lpips_jax.cli._common import (
+    EXIT_OK,
+    InputError,
+    UsageError,
+    atomic_file,
+    check_output,
+    err,
+    existing_folder,
+    model_options,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability_below_1,
+)
 
 METRICS = ("lpips", "baseline", "l2", "ssim", "l2-rgb", "ssim-rgb")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``eval`` and ``train`` subcommands."""
-    _add_eval(subparsers)
-    _add_train(subparsers)
+def register(subparsers: argparse._SubParsersAction, progress: argparse.ArgumentParser) -> None:
+    """Add the ``eval`` and ``train`` subcommands; ``progress``: the progress options."""
+    _add_eval(subparsers, progress)
+    _add_train(subparsers, progress)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _data_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--data", metavar="DIR",
         help="BAPPS: the official tarballs or extracted dataset/ folder (prepared into "
@@ -33,22 +47,20 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="tensorflow-datasets data_dir for the prepared dataset (default: tfds' own, "
         "$TFDS_DATA_DIR or ~/tensorflow_datasets)",
     )  # fmt: skip
-    p.add_argument("--net", default="alex", choices=NETS, help="trunk (default: alex)")
-    p.add_argument("--version", default="0.1", choices=VERSIONS, help="LPIPS version (default: 0.1)")
-    p.add_argument("--batch-size", type=int, default=50, help="batch size (default: 50)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="batch size (default: 50)")
+    return p
 
 
-def _add_eval(subparsers) -> None:
+def _add_eval(subparsers, progress) -> None:
+    model = model_options(net="alex", version="0.1", weights="params file (e.g. from `train --out`)")
     p = subparsers.add_parser(
         "eval",
+        parents=[_data_options(), model, progress],
         help="score a metric on BAPPS (2AFC and JND), as the paper's table",
         description="Score LPIPS (or a baseline) on BAPPS: 2AFC agreement and JND mAP per "
         "subset, as the official test_dataset_model.py.",
     )
-    _common(p)
     p.add_argument("--metric", default="lpips", choices=METRICS, help="default: lpips")
-    p.add_argument("--weights", metavar="FILE", help="params file (e.g. from `train --out`)")
     p.add_argument(
         "--tasks", nargs="+", choices=["2afc", "jnd"],
         help="default: every task with data (JND only for --split val)",
@@ -59,14 +71,15 @@ def _add_eval(subparsers) -> None:
     p.set_defaults(func=run_eval)
 
 
-def _add_train(subparsers) -> None:
+def _add_train(subparsers, progress) -> None:
+    model = model_options(net="alex", version="0.1", weights=None)
     p = subparsers.add_parser(
         "train",
+        parents=[_data_options(), model, progress],
         help="train LPIPS heads (lin), tune the trunk (tune) or train from scratch on BAPPS",
         description="Train on BAPPS 2AFC as the official train.py: Adam lr 1e-4, beta1 0.5, "
         "epochs at constant lr then linear decay, batch 50, heads clamped >= 0.",
     )
-    _common(p)
     p.add_argument("--mode", default="lin", choices=["lin", "tune", "scratch"])
     p.add_argument("--out", required=True, metavar="FILE", help="trained params (.safetensors)")
     p.add_argument(
@@ -74,31 +87,46 @@ def _add_train(subparsers) -> None:
         help="checkpoints after every epoch (default: OUT with suffix .checkpoints)",
     )  # fmt: skip
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    p.add_argument("--epochs", type=int, default=5, help="epochs at constant lr (default: 5)")
-    p.add_argument("--epochs-decay", type=int, default=5, help="decay epochs (default: 5)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--beta1", type=float, default=0.5)
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=nonnegative_int, default=5, help="epochs at constant lr (default: 5)")
+    p.add_argument("--epochs-decay", type=nonnegative_int, default=5, help="decay epochs (default: 5)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--beta1", type=probability_below_1, default=0.5, help="Adam beta1 (default: 0.5)")
+    p.add_argument(
+        "--dropout", type=probability_below_1, default=0.5, help="dropout on the heads' inputs (default: 0.5)"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of init, shuffling, dropout")
     p.add_argument("--heads-init", default="random", choices=["random", "pretrained"])
     p.add_argument(
         "--subsets", nargs="+",
         help="2AFC subsets, e.g. traditional cnn mix or val/cnn (default: all train ones)",
     )  # fmt: skip
-    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N epochs (resume later)")
+    p.add_argument("--stop-after", type=positive_int, metavar="N", help="stop after N epochs (resume later)")
     p.set_defaults(func=run_train)
 
 
-def _fail(cmd: str, e: BaseException) -> int:
-    print(f"lpips-jax {cmd}: error: {e}", file=sys.stderr)
-    return 1
+def _failed(e: BaseException) -> InputError | UsageError:
+    """The library's error as the CLI's: a missing extra or bad weights are usage errors (2);
+    missing or unprepared data and a failing run are input errors (1)."""
+    from lpips_jax._weights import WeightsError
+    from lpips_jax.bapps import BappsDataError
+
+    usage = (ImportError, WeightsError, FileNotFoundError)
+    kind = UsageError if isinstance(e, usage) and not isinstance(e, BappsDataError) else InputError
+    return kind(str(e))
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    if args.data is not None:
+        existing_folder(args.data)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from lpips_jax._evaluate import evaluate, format_table
     from lpips_jax._weights import WeightsError, load
     from lpips_jax.bapps import BappsDataError
+    from lpips_jax.bapps.evaluate import evaluate, format_table
 
+    _check_data(args)
+    check_output(args.json, "--json")
     try:
         metric = args.metric
         if args.weights:
@@ -113,20 +141,28 @@ def run_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             net=args.net,
             version=args.version,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
-    except (BappsDataError, WeightsError, ValueError, ImportError) as e:
-        return _fail("eval", e)
+    except (BappsDataError, WeightsError, FileNotFoundError, ValueError, ImportError) as e:
+        raise _failed(e) from e
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    return 0
+        with atomic_file(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        err(f"wrote {args.json}")
+    return EXIT_OK
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lpips_jax._train import EXPORT_HINT, train
     from lpips_jax.bapps import BappsDataError
+    from lpips_jax.bapps.train import EXPORT_HINT, train
 
+    if args.epochs + args.epochs_decay < 1:
+        raise UsageError(
+            f"--epochs {args.epochs} --epochs-decay {args.epochs_decay}: expected at least one epoch in all"
+        )
+    _check_data(args)
+    check_output(args.out, "--out")
     ckdir = args.checkpoint_dir or str(Path(args.out).with_suffix(".checkpoints"))
     try:
         result = train(
@@ -148,13 +184,13 @@ def run_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             heads_init=args.heads_init,
             stop_after=args.stop_after,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
     except (BappsDataError, ValueError, ImportError) as e:
-        return _fail("train", e)
+        raise _failed(e) from e
     for h in result.history:
         print(f"epoch {h['epoch']}: loss {h['loss']:.4f}  2AFC acc {h['acc']:.4f}  lr {h['lr']:.3g}")
     print(f"wrote {args.out} (lpips_jax.load(path=...)); checkpoints in {ckdir}")
     print("export the heads to the official PyTorch lpips format with:")
     print("  " + EXPORT_HINT.format(out=args.out) + (" --trunk" if args.mode != "lin" else ""))
-    return 0
+    return EXIT_OK

@@ -44,11 +44,12 @@ import numpy as np
 import optax
 from flax import struct
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from lpips_jax import _checks, _metric, _nets, _weights
-from lpips_jax._evaluate import to_unit_official
 from lpips_jax._metric import LPIPSParams
+from lpips_jax._outputs import atomic_file, progress_bar
+from lpips_jax.bapps.evaluate import to_unit_official
 
 MODES = ("lin", "tune", "scratch")
 HEADS_INIT = ("random", "pretrained")
@@ -157,8 +158,8 @@ def train_distance(
         ]
     total = 0.0
     for k, d in enumerate(diffs):
-        w = heads[f"lin{k}"]["kernel"].reshape(-1).astype(d.dtype)
-        total = total + jnp.mean(jnp.einsum("...c,c->...", d, w), axis=(-2, -1))
+        # The metric's own head formula (exact float32 on GPU too, unlike a TF32 einsum).
+        total = total + jnp.mean(_metric.head_map(d, heads[f"lin{k}"]["kernel"]), axis=(-2, -1))
     return total
 
 
@@ -464,13 +465,9 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    data = save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata=meta)
+    with atomic_file(path, "wb") as f:
+        f.write(data)
 
 
 def load_checkpoint(
@@ -567,7 +564,7 @@ def train(
     heads_init: str = "random",
     stop_after: int | None = None,
     keep_checkpoints: int = 2,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> TrainResult:
     """Train LPIPS heads (``lin``), heads and trunk (``tune``) or all from scratch on 2AFC.
 
@@ -591,7 +588,8 @@ def train(
       stop_after: stop after this many finished epochs (the schedule stays that of the
         full run), e.g. to resume later.
       keep_checkpoints: how many newest checkpoints to keep.
-      progress: show a progress bar with the running loss and 2AFC accuracy.
+      progress: a progress bar on stderr with the running loss and 2AFC accuracy
+        (``None``: when stderr is a terminal).
 
     Returns:
       :class:`TrainResult`.
@@ -617,8 +615,10 @@ def train(
     step_fn = _train_step(cfg)
     end = cfg.total_epochs if stop_after is None else min(cfg.total_epochs, stop_after)
     steps = cfg.steps_per_epoch
-    bar = _progress(progress, steps * cfg.total_epochs, steps * start, f"train {mode} [{net}]")
-    try:
+    bar = progress_bar(
+        progress, steps * cfg.total_epochs, initial=steps * start, desc=f"train {mode} [{net}]", unit="step"
+    )
+    with bar:
         for epoch in range(start, end):
             perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
             sums = []
@@ -627,10 +627,9 @@ def train(
                 batch = _pad_batch(source.get(idx), batch_size)
                 state, m = step_fn(state, batch)
                 sums.append(m)
-                if bar is not None:
-                    bar.update(1)
-                    if s % 10 == 9 or s == steps - 1:
-                        bar.set_postfix(_summary(sums, epoch + 1))
+                bar.update(1)
+                if not bar.disable and (s % 10 == 9 or s == steps - 1):
+                    bar.set_postfix(_summary(sums, epoch + 1))
             summary = _summary(sums, epoch + 1)
             summary["lr"] = float(cfg.lr * lr_factor(epoch, cfg.epochs, cfg.epochs_decay))
             history.append(summary)
@@ -638,9 +637,6 @@ def train(
                 last_ckpt = _ckpt_path(ckdir, epoch + 1)
                 save_checkpoint(last_ckpt, state, cfg, epoch + 1, history)
                 _prune(ckdir, keep_checkpoints)
-    finally:
-        if bar is not None:
-            bar.close()
     trunk = state.trainable.get("trunk", state.frozen_trunk)
     params = _lpips_params(cfg, trunk, state.trainable["heads"])
     if out is not None:
@@ -674,11 +670,3 @@ def _prune(directory: Path, keep: int) -> None:
     found = sorted(directory.glob("epoch_[0-9][0-9][0-9][0-9].safetensors"))
     for p in found[:-keep]:
         p.unlink()
-
-
-def _progress(progress: bool, total: int, initial: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step")

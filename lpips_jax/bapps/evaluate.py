@@ -27,6 +27,7 @@ import numpy as np
 
 from lpips_jax import _metric
 from lpips_jax._metric import LPIPSParams
+from lpips_jax._outputs import progress_bar
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -90,7 +91,8 @@ def score_jnd(d: Any, same: Any) -> float:
       d: ``(N,)`` distances between the two patches of each pair.
       same: ``(N,)`` fraction of raters who found the pair identical (in ``[0, 1]``).
 
-    Ties in ``d`` keep their input order (stable sort).
+    Pairs are ranked by ``np.argsort(d)`` (numpy's default sort, not a stable one) as the
+    official function, so tied distances (identical patches give exactly 0) score as there.
     """
     d = np.asarray(d, np.float64).reshape(-1)
     same = np.asarray(same, np.float64).reshape(-1)
@@ -100,13 +102,12 @@ def score_jnd(d: Any, same: Any) -> float:
         raise ValueError("score_jnd needs at least one pair: got empty arrays")
     if not np.sum(same) > 0:
         raise ValueError("score_jnd needs some pair with same > 0: recall is undefined otherwise")
-    order = np.argsort(d, kind="stable")
-    s = same[order]
+    s = same[np.argsort(d)]
     tp = np.cumsum(s)
     fp = np.cumsum(1.0 - s)
-    prec = tp / (tp + fp)
-    rec = tp / np.sum(s)
-    return voc_ap(rec, prec)
+    fn = np.sum(s) - tp
+    # The official steps, rounding included: recall is tp / (tp + fn), not tp / sum(s).
+    return voc_ap(tp / (tp + fn), tp / (tp + fp))
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -422,7 +423,7 @@ def evaluate(
     net: str = "alex",
     version: str = "0.1",
     jit: bool = True,
-    progress: bool = False,
+    progress: bool | None = False,
     return_distances: bool = False,
 ) -> dict:
     """Score a metric on BAPPS: 2AFC per subset and JND per subset, with their means.
@@ -439,7 +440,7 @@ def evaluate(
       split: ``"val"`` (the paper's table) or ``"train"`` (2AFC only).
       subsets: which subsets (default: all prepared ones); a list, or a dict per task.
       batch_size: triplets per jitted batch.
-      progress: show a progress bar per subset.
+      progress: a progress bar per subset on stderr (``None``: when stderr is a terminal).
       return_distances: also return ``"distances"``: per task and subset, the arrays
         ``d0, d1, judge`` (2AFC) or ``d, same`` (JND).
 
@@ -508,12 +509,9 @@ def evaluate(
                 _layout.IMAGE_PARTS[task],
                 _layout.LABEL[task],
             )
-            bar = _bar(progress, len(src), f"{name} {task} {sname}")
-            try:
+            desc = f"{name} {task} {sname}"
+            with progress_bar(progress, len(src), desc=desc, unit="ex", leave=False) as bar:
                 d, label = _distances(run, src, batch_size, bar)
-            finally:
-                if bar is not None:
-                    bar.close()
             if task == "2afc":
                 scores[subset] = score_2afc(d[0], d[1], label)
                 per[subset] = {"d0": d[0], "d1": d[1], "judge": label}
@@ -530,14 +528,6 @@ def evaluate(
     if return_distances:
         result["distances"] = dists
     return result
-
-
-def _bar(progress: bool, total: int, desc: str):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ex", leave=False)
 
 
 def format_table(result: dict) -> str:

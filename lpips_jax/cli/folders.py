@@ -1,0 +1,452 @@
+"""``dirs`` and ``allpairs``: many pairs of image files, as a CSV and a mean.
+
+Folders are read on worker threads while the device computes, in batches of one image
+size at a time, so each size compiles once. An unreadable image is reported at the end
+(``--keep-going``, the default; exit 1) or stops the run with nothing written
+(``--no-keep-going``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import csv
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+import lpips_jax
+from lpips_jax import io as lio
+from lpips_jax.cli._batches import Batches, prefetch
+from lpips_jax.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    PROG,
+    UsageError,
+    atomic_file,
+    check_output,
+    err,
+    existing_folder,
+    fmt,
+    load_params,
+    positive_float,
+    positive_int,
+    progress,
+)
+from lpips_jax.cli._reading import (
+    Notes,
+    PairFailure,
+    check_min_size,
+    cross_jit,
+    device_pixels,
+    distance_jit,
+    features01,
+    features_jit,
+    read_pair,
+)
+
+DEFAULT_BATCH = 16
+# Memory allowed for the cached features of `allpairs` before it works block by block.
+DEFAULT_FEATURE_MB = 2048
+
+
+def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
+    """Add ``dirs`` and ``allpairs``; ``parents``: the model, reading and progress options."""
+    parents = [*parents, _folder_options()]
+    p = sub.add_parser(
+        "dirs",
+        parents=parents,
+        help="distances of same-named images in two folders",
+        description="Compare every image file name present in both folders. CSV name,distance "
+        "sorted by name (to -o, else stdout), then the mean alone on the last line of stdout. "
+        "Names present in one folder only are listed on stderr.",
+    )
+    p.add_argument("dir0", metavar="DIR0")
+    p.add_argument("dir1", metavar="DIR1")
+    p.set_defaults(func=cmd_dirs)
+
+    p = sub.add_parser(
+        "allpairs",
+        parents=parents,
+        help="distances of every pair of images in one folder",
+        description="Compare every unordered pair of images in DIR (features are computed "
+        "once per image). CSV a,b,distance (to -o, else stdout), then 'Avg: mean +/- "
+        "stderr' as the official lpips_1dir_allpairs.py, and the mean alone on the last line.",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument(
+        "--consecutive",
+        action="store_true",
+        help="only consecutive pairs in name order (the official script's default)",
+    )
+    p.add_argument(
+        "--max-feature-mb",
+        type=positive_float,
+        default=DEFAULT_FEATURE_MB,
+        help=f"memory for cached features before working block by block (default: {DEFAULT_FEATURE_MB})",
+    )
+    p.set_defaults(func=cmd_allpairs)
+
+
+def _folder_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-o", "--output", metavar="OUT.csv", help="write the CSV here")
+    parent.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH,
+        help=f"pairs per device call (default: {DEFAULT_BATCH})",
+    )
+    parent.add_argument(
+        "--workers",
+        type=positive_int,
+        default=max(2, min(16, os.cpu_count() or 2)),
+        help="image decoding threads (default: CPU count, 2 to 16)",
+    )
+    parent.add_argument(
+        "--keep-going",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on an unreadable image, go on and report it at the end (default); "
+        "--no-keep-going stops at the first and writes nothing",
+    )
+    return parent
+
+
+def _image_names(folder: str) -> tuple[list[str], list[str]]:
+    """Sorted image file names in ``folder`` and the names of other files (skipped)."""
+    images, other = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith(".") or not e.is_file():
+                continue
+            (images if lio.is_image_file(e.name) else other).append(e.name)
+    return sorted(images), sorted(other)
+
+
+def _mean_stderr(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std() / np.sqrt(v.size))
+
+
+def _summary(
+    kind: str,
+    done: int,
+    failed: int,
+    mean: float,
+    se: float,
+    extra: str = "",
+) -> None:
+    err(
+        f"{kind}: {done} pair{'s' if done != 1 else ''} compared, {failed} failed{extra}; "
+        f"mean {mean:.6g} +/- {se:.3g} (standard error)"
+    )
+
+
+def _report_failures(failures: dict[Any, str], label: Callable[[Any], str]) -> None:
+    if failures:
+        err(f"failed ({len(failures)}):")
+        for key in sorted(failures):
+            err(f"  {label(key)}: {failures[key]}")
+
+
+def _run_pairs(
+    args: argparse.Namespace,
+    params: lpips_jax.LPIPSParams,
+    pairs: list[tuple[Any, str, str]],
+    desc: str,
+) -> tuple[dict, dict, Notes]:
+    """Distances of ``pairs`` = ``[(key, path_a, path_b)]``: ``(results, failures, notes)``.
+
+    Raises ``PairFailure`` at the first failure when ``--no-keep-going``.
+    """
+    results: dict[Any, float] = {}
+    failures: dict[Any, str] = {}
+    notes = Notes()
+    bs = min(args.batch_size, len(pairs))
+    with (
+        progress(args, len(pairs), "pair", desc) as bar,
+        concurrent.futures.ThreadPoolExecutor(args.workers) as pool,
+    ):
+
+        def done(keys: list, out: Any) -> None:
+            vals = np.asarray(out)
+            for k, v in zip(keys, vals, strict=False):
+                results[k] = float(v)
+            bar.update(len(keys))
+
+        def failed(keys: list, msg: str) -> None:
+            for k in keys:
+                failures[k] = msg
+            bar.update(len(keys))
+            if not args.keep_going:
+                raise PairFailure(msg)
+
+        batches = Batches(lambda x, y: distance_jit(params, x, y), bs, done, failed)
+
+        def read(p: tuple) -> tuple:
+            return read_pair(p[1], p[2], resize=args.resize, net=params.net)
+
+        for (key, _, _), res, error in prefetch(pool, read, pairs, window=max(8, 4 * bs)):
+            if error is not None:
+                failed([key], str(error))
+                continue
+            x, y, infos = res
+            notes.add(infos)
+            batches.add(key, (x, y))
+        batches.flush()
+    return results, failures, notes
+
+
+def cmd_dirs(args: argparse.Namespace) -> int:
+    """``dirs DIR0 DIR1``: distances of the files with the same name in both folders."""
+    d0, d1 = existing_folder(args.dir0), existing_folder(args.dir1)
+    check_output(args.output, "-o")
+    n0, skip0 = _image_names(d0)
+    n1, skip1 = _image_names(d1)
+    s0, s1 = set(n0), set(n1)
+    common = sorted(s0 & s1)
+    only = [(d0, n) for n in n0 if n not in s1] + [(d1, n) for n in n1 if n not in s0]
+    for folder, name in only:
+        err(f"only in {folder}: {name}")
+    skipped = len(skip0) + len(skip1)
+    if skipped:
+        err(f"note: skipped {skipped} file(s) that are not images by their extension")
+    if not common:
+        err(f"{PROG} dirs: error: no image file name is present in both {d0} and {d1}")
+        return EXIT_FAILED
+    params = load_params(args)
+    pairs = [(n, os.path.join(d0, n), os.path.join(d1, n)) for n in common]
+    try:
+        results, failures, notes = _run_pairs(args, params, pairs, "dirs")
+    except PairFailure as e:
+        err(f"{PROG} dirs: error: {e} (stopped: --no-keep-going; nothing written)")
+        return EXIT_FAILED
+    notes.report()
+    rows = [(n, fmt(results[n])) for n in common if n in results]
+    _emit_csv(args.output, ("name", "distance"), rows)
+    mean, se = _mean_stderr([results[n] for n in common if n in results])
+    _report_failures(failures, str)
+    _summary("dirs", len(rows), len(failures), mean, se, f", {len(only)} only in one folder")
+    print(fmt(mean))
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _emit_csv(path: str | None, header: tuple[str, ...], rows: list[tuple]) -> None:
+    """The CSV to ``path`` (atomically) or, without ``-o``, to stdout."""
+    if path:
+        # surrogateescape: file names that are not valid UTF-8 are written back as bytes
+        with atomic_file(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+        err(f"wrote {path}: {len(rows)} row{'s' if len(rows) != 1 else ''}")
+    else:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _feature_bytes(params: lpips_jax.LPIPSParams, w: int, h: int) -> int:
+    """Bytes of the cached features of one ``w x h`` image."""
+    m = lpips_jax.min_size(params.net)
+    spec = jax.ShapeDtypeStruct((1, max(h, m), max(w, m), 3), np.float32)
+    taps = jax.eval_shape(features01, params, spec)
+    return sum(math.prod(t.shape) * t.dtype.itemsize for t in taps)
+
+
+def _peek_area(paths: list[str], resize: Any) -> tuple[int, int]:
+    """The largest ``(width, height)`` among the headers (only to size the feature cache)."""
+    if isinstance(resize, tuple):
+        return resize
+    from PIL import Image
+
+    best = (1, 1)
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.size[0] * im.size[1] > best[0] * best[1]:
+                    best = im.size
+        except Exception:  # unreadable files are reported when they are read
+            continue
+    return best
+
+
+class _AllPairs:
+    """Every unordered pair of ``paths``: features once per image, then pair distances.
+
+    Features are cached on the device up to ``budget`` bytes; beyond that the list is cut
+    into blocks and the features of later blocks are recomputed for each earlier block.
+    """
+
+    def __init__(self, args: argparse.Namespace, params: lpips_jax.LPIPSParams, paths: list[str]) -> None:
+        self.args, self.params, self.paths = args, params, paths
+        self.n = len(paths)
+        self.results: dict[tuple[int, int], float] = {}
+        self.image_failures: dict[int, str] = {}
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.notes = Notes()
+
+    def run(self) -> None:
+        n, args = self.n, self.args
+        w, h = _peek_area(self.paths, args.resize)
+        per_image = max(1, _feature_bytes(self.params, w, h))
+        cap = max(1, int(args.max_feature_mb * 2**20 // per_image))  # images that fit
+        self.batch = max(1, min(args.batch_size, cap, n))
+        block = n if cap >= n else max(self.batch, cap // self.batch * self.batch)
+        blocks = [list(range(s, min(s + block, n))) for s in range(0, n, block)]
+        if len(blocks) > 1:
+            err(
+                f"note: the features of {n} images need about "
+                f"{n * per_image / 2**20:.0f} MB (more than --max-feature-mb "
+                f"{args.max_feature_mb}): working in {len(blocks)} blocks of {block} images"
+            )
+        with (
+            progress(args, n * (n - 1) // 2, "pair", "allpairs") as self.bar,
+            concurrent.futures.ThreadPoolExecutor(args.workers) as self.pool,
+        ):
+            for bi, block_i in enumerate(blocks):
+                fi = self._features(block_i)
+                self._pairs(fi, fi, same=True)
+                for block_j in blocks[bi + 1 :]:
+                    self._pairs(fi, self._features(block_j), same=False)
+
+    def _features(self, indices: list[int]) -> dict[tuple, list]:
+        """Per image shape, a list of ``(taps of one batch, [image indices])``."""
+        out: dict[tuple, list] = {}
+
+        def done(keys: list, taps: Any) -> None:
+            out.setdefault(self.shapes[keys[0]], []).append((taps, keys))
+
+        def failed(keys: list, msg: str) -> None:
+            for k in keys:
+                self._image_failed(k, msg)
+
+        batches = Batches(lambda x: features_jit(self.params, x), self.batch, done, failed, depth=1)
+
+        def read(i: int) -> tuple[np.ndarray, lio.ImageInfo]:
+            a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
+            check_min_size(self.paths[i], a, self.params.net)
+            return device_pixels(a), info
+
+        window = max(8, 4 * self.batch)
+        for i, res, error in prefetch(self.pool, read, indices, window=window):
+            if error is not None:
+                self._image_failed(i, str(error))
+                continue
+            a, info = res
+            self.notes.add([info])
+            self.shapes[i] = a.shape
+            batches.add(i, (a,))
+        batches.flush()
+        return out
+
+    def _image_failed(self, i: int, msg: str) -> None:
+        if i not in self.image_failures:
+            self.image_failures[i] = msg
+            if not self.args.keep_going:
+                raise PairFailure(msg)
+
+    def _pairs(self, fi: dict, fj: dict, *, same: bool) -> None:
+        inflight: collections.deque = collections.deque()
+        for shape in fi.keys() & fj.keys():
+            for u, (ta, ka) in enumerate(fi[shape]):
+                for v, (tb, kb) in enumerate(fj[shape]):
+                    if (same and v < u) or (same and u == v and len(ka) < 2):
+                        continue  # the lower triangle, or a lone image: no pairs here
+                    inflight.append((cross_jit(self.params, ta, tb), ka, kb, same and u == v))
+                    while len(inflight) > 2:
+                        self._collect(*inflight.popleft())
+        while inflight:
+            self._collect(*inflight.popleft())
+
+    def _collect(self, out: Any, ka: list[int], kb: list[int], diagonal: bool) -> None:
+        d = np.asarray(out)
+        count = 0
+        for r, i in enumerate(ka):
+            for c, j in enumerate(kb):
+                if i == j or (diagonal and c <= r):
+                    continue
+                self.results[(min(i, j), max(i, j))] = float(d[r, c])
+                count += 1
+        self.bar.update(count)
+
+    def pair_failures(self) -> dict[tuple[int, int], str]:
+        """Failed pairs: different sizes (unreadable images are reported per image)."""
+        out = {}
+        ok = sorted(i for i in self.shapes if i not in self.image_failures)
+        for x, i in enumerate(ok):
+            for j in ok[x + 1 :]:
+                if self.shapes[i] != self.shapes[j]:
+                    a, b = self.shapes[i], self.shapes[j]
+                    out[(i, j)] = (
+                        f"sizes differ: {a[1]}x{a[0]} and {b[1]}x{b[0]} (width x height); "
+                        "pass --resize WxH to compare them"
+                    )
+        return out
+
+
+def cmd_allpairs(args: argparse.Namespace) -> int:
+    """``allpairs DIR``: every unordered pair of images in the folder, and the mean."""
+    folder = existing_folder(args.dir)
+    if args.resize in ("a", "b"):
+        raise UsageError(
+            f"allpairs: --resize {args.resize} needs a pair order; use --resize WxH "
+            "to bring every image to one size"
+        )
+    check_output(args.output, "-o")
+    names, skipped = _image_names(folder)
+    if skipped:
+        err(f"note: skipped {len(skipped)} file(s) that are not images by their extension")
+    if len(names) < 2:
+        raise UsageError(f"folder {folder!r} holds {len(names)} image file(s): need at least 2")
+    params = load_params(args)
+    paths = [os.path.join(folder, n) for n in names]
+    if args.consecutive:
+        pairs = [((names[i], names[i + 1]), paths[i], paths[i + 1]) for i in range(len(names) - 1)]
+        try:
+            results, failures, notes = _run_pairs(args, params, pairs, "pairs")
+        except PairFailure as e:
+            err(f"{PROG} allpairs: error: {e} (stopped: --no-keep-going; nothing written)")
+            return EXIT_FAILED
+        keys = [k for k, _, _ in pairs]
+        n_pairs = len(pairs)
+    else:
+        job = _AllPairs(args, params, paths)
+        try:
+            job.run()
+        except PairFailure as e:
+            err(f"{PROG} allpairs: error: {e} (stopped: --no-keep-going; nothing written)")
+            return EXIT_FAILED
+        notes = job.notes
+        n = len(names)
+        n_pairs = n * (n - 1) // 2
+        results = {(names[i], names[j]): v for (i, j), v in job.results.items()}
+        failures = {(names[i], names[j]): m for (i, j), m in job.pair_failures().items()}
+        bad = job.image_failures
+        for i, msg in bad.items():
+            err(f"failed: {msg} ({n - 1} pairs with {names[i]} skipped)")
+        index_pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        keys = [(names[i], names[j]) for i, j in index_pairs]
+        for i, j in index_pairs:
+            if i in bad or j in bad:
+                failures.setdefault((names[i], names[j]), "unreadable image (see above)")
+    notes.report()
+    rows = [(a, b, fmt(results[(a, b)])) for a, b in keys if (a, b) in results]
+    _emit_csv(args.output, ("a", "b", "distance"), rows)
+    mean, se = _mean_stderr([results[k] for k in keys if k in results])
+    shown = {k: m for k, m in failures.items() if m != "unreadable image (see above)"}
+    _report_failures(shown, lambda k: f"{k[0]}, {k[1]}")
+    _summary("allpairs", len(rows), len(failures), mean, se, f" (of {n_pairs})")
+    # As the official lpips_1dir_allpairs.py: "Avg: mean +/- stderr"; then the mean alone.
+    print(f"Avg: {mean:.5f} +/- {se:.5f}")
+    print(fmt(mean))
+    return EXIT_FAILED if failures else EXIT_OK
