@@ -9,7 +9,7 @@ batch, and the LPIPS term falls.
     python examples/autoencoder.py                 # 300 steps, about a minute on 2 cores
     python examples/autoencoder.py --steps 1000 --lpips-weight 1.0
 
-Needs ``optax`` and ``scikit-image`` (``pip install lpips_jax[test]`` has both).
+Needs ``optax`` and ``scikit-image`` (``pip install -e ".[test]"`` in a checkout has both).
 """
 
 from __future__ import annotations

@@ -233,13 +233,34 @@ def test_edge_cases_match_official_float32(net, biases):
     ref_d, ref_gx, ref_gy, ref_gp = official_value_and_grads(official_with(params), x, y, False)
     np.testing.assert_allclose(np.asarray(d), ref_d, rtol=0, atol=ATOL_VALUE)
     tol = dict(q99=F32_Q99, worst=F32_WORST)
-    assert_grad_close(gx, ref_gx, what="grad x", **tol)
-    assert_grad_close(gy, ref_gy, what="grad y", **tol)
+    _assert_image_grads(gx, gy, ref_gx, ref_gy, tol)
     ours_gp = flat_params(gp)
     assert ours_gp.keys() == ref_gp.keys()
     for name, g in ours_gp.items():
         assert_grad_close(g, ref_gp[name], what=name, **tol)
     _assert_equal_pairs_vanish(d, gx, gy)
+
+
+# Pairs with a constant image: its conv outputs are equal across the map (but near the
+# borders), so max-pool windows hold exact ties, and which one is "first" depends on the
+# last bit of the conv kernels (the official CPU code keeps the first, XLA's select-and-
+# scatter whichever its reduction order meets). That image's gradient has no machine-
+# independent value; what is defined: its sum over pixels per channel (moving every pixel
+# alike keeps the ties tied, so all choices agree), the other image's gradient, the
+# params' gradients and the value.
+CONSTANT_SIDES = {"-1 vs photo": "x", "0 vs photo": "x", "+1 vs photo": "x", "-1 vs +1": "xy"}
+
+
+def _assert_image_grads(gx, gy, ref_gx, ref_gy, tol):
+    """Gradients w.r.t. x and y of the edge batch against the official ones: whole, but for
+    the constant images of :data:`CONSTANT_SIDES`, compared by their per-channel sums."""
+    for side, g, ref in (("x", gx, ref_gx), ("y", gy, ref_gy)):
+        g, ref = np.asarray(g, np.float64), np.asarray(ref, np.float64)
+        tied = [i for i, c in enumerate(EDGE_CASES) if side in CONSTANT_SIDES.get(c, "")]
+        rest = [i for i in range(len(EDGE_CASES)) if i not in tied]
+        assert_grad_close(g[rest], ref[rest], what=f"grad {side}", **tol)
+        sums, ref_sums = g[tied].sum(axis=(1, 2)), ref[tied].sum(axis=(1, 2))
+        assert_grad_close(sums, ref_sums, what=f"grad {side} of constant images, summed", **tol)
 
 
 def _assert_equal_pairs_vanish(d, gx, gy):
@@ -316,7 +337,7 @@ def test_low_precision_inputs(dtype):
 def test_grad_parity_float64(net):
     """jax x64 vs torch float64 autograd, w.r.t. x, y and every param, on the edge cases
     (photo pairs, constants, x == y), with trained and with zero biases (vanishing
-    features)."""
+    features); constant images by their summed gradient (see CONSTANT_SIDES)."""
     params, x, y = _edge_inputs(net)
     for p in (params, zero_biases(params)):
         ref_d, ref_gx, ref_gy, ref_gp = official_value_and_grads(official_with(p), x, y, True)
@@ -328,8 +349,7 @@ def test_grad_parity_float64(net):
             d, gx, gy, gp = np.asarray(d), np.asarray(gx), np.asarray(gy), flat_params(gp)
         np.testing.assert_allclose(d, ref_d, rtol=TOL_F64, atol=1e-15)
         tol = dict(q99=TOL_F64, worst=TOL_F64)
-        assert_grad_close(gx, ref_gx, what="grad x", **tol)
-        assert_grad_close(gy, ref_gy, what="grad y", **tol)
+        _assert_image_grads(gx, gy, ref_gx, ref_gy, tol)
         for name, g in gp.items():
             assert_grad_close(g, ref_gp[name], what=name, **tol)
 
@@ -392,8 +412,8 @@ _PROPERTY_SETTINGS = dict(
 def test_property_value_and_grad_match_official(case):
     """Any net, any size from the minimum up, images filling any sub-range of [-1, 1]
     (or [0, 1] with normalize=True): value equals the official, gradient w.r.t. x is
-    finite and equals the official autograd (float32 tolerance above); the pair (x, x) in
-    the same batch has distance 0 and gradient 0. (Each example compiles anew: 3 here,
+    finite and equals the official float64 autograd (in norm, F32_NORM); the pair (x, x)
+    in the same batch has distance 0 and gradient 0. (Each example compiles anew: 3 here,
     more in the slow variant.)"""
     _check_property_case(case)
 
@@ -417,16 +437,40 @@ def _check_property_case(case):
     params = params_for(net)
     d, g = _value_and_grad_x(params, xb, yb, normalize=normalize)
     m = _official_for(net)
-    tx = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
-    ty = torch.from_numpy(yb.transpose(0, 3, 1, 2).copy())
-    ref = m(tx, ty, normalize=normalize).reshape(-1)
-    ref.sum().backward()
-    np.testing.assert_allclose(np.asarray(d), ref.detach().numpy(), rtol=0, atol=ATOL_VALUE)
-    # (x, x): distance and gradient 0 up to last-bit differences (see above).
-    assert 0 <= float(d[1]) <= 1e-10
-    assert np.abs(np.asarray(g[1])).max() <= 1e-6 * np.abs(np.asarray(g)).max()
-    ref_g = tx.grad.numpy().transpose(0, 2, 3, 1)
-    assert_grad_close(g, ref_g, q99=F32_Q99, worst=F32_WORST, what=f"{case}")
+    ref_d, ref_g = _official_value_and_grad_x(m, xb, yb, normalize, torch.float32)
+    np.testing.assert_allclose(np.asarray(d), ref_d, rtol=0, atol=ATOL_VALUE)
+    # (x, x): distance and gradient 0 (the identity guard).
+    assert float(d[1]) == 0 and not np.any(np.asarray(g[1]))
+    # Gradient against the official float64 autograd, in norm: at these tiny sizes (vgg's
+    # last taps are 1x1) one float32 flip of a ReLU or pool kink moves a large share of the
+    # elements (seen on an AVX2 CPU: 99th percentile 1.0e-3 of max|grad| at vgg 18x21),
+    # but the gradient as a whole moves by that unit's share.
+    _, ref_g64 = _official_value_and_grad_x(m, xb, yb, normalize, torch.float64)
+    g, ref_g64 = np.asarray(g, np.float64)[0], ref_g64[0]
+    assert np.all(np.isfinite(g))
+    rel = np.linalg.norm(g - ref_g64) / np.linalg.norm(ref_g64)
+    assert rel <= F32_NORM, f"{case}: |ours - official64| / |official64| = {rel:.3g} > {F32_NORM:g}"
+
+
+# Float32 gradient vs float64, relative in norm: one kink flip moves the gradient by that
+# unit's share (the largest element-wise flip measured was 1e-2 of max|grad|); a wrong
+# stride, pool or scale moves it by O(1).
+F32_NORM = 2e-2
+
+
+def _official_value_and_grad_x(m, xb, yb, normalize, dtype):
+    """The official distances and gradient of their sum w.r.t. x (NHWC), in ``dtype``."""
+    m = m.to(dtype)
+    try:
+        tx = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy()).to(dtype).requires_grad_(True)
+        ty = torch.from_numpy(yb.transpose(0, 3, 1, 2).copy()).to(dtype)
+        ref = m(tx, ty, normalize=normalize).reshape(-1)
+        ref.sum().backward()
+        return ref.detach().numpy().astype(np.float64), tx.grad.numpy().transpose(0, 2, 3, 1).astype(
+            np.float64
+        )
+    finally:
+        m.float()
 
 
 # ---------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def wheel(tmp_path_factory):
         capture_output=True,
         timeout=300,
     )
-    (whl,) = d.glob("lpips_jax-*.whl")
+    (whl,) = d.glob("lpips_jax_metrics-*.whl")  # distribution lpips-jax-metrics
     return whl
 
 

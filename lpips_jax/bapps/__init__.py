@@ -1,6 +1,6 @@
 """BAPPS, the Berkeley-Adobe Perceptual Patch Similarity dataset, as tensorflow-datasets.
 
-``tensorflow-datasets`` is the optional extra ``data`` (``pip install "lpips_jax[data]"``)
+``tensorflow-datasets`` is the optional extra ``data`` (``pip install -e ".[data]"`` in a checkout)
 and is imported lazily, only when a function here needs it; ``import lpips_jax`` never
 imports it. TensorFlow itself is not needed.
 
@@ -49,7 +49,7 @@ def _tfds():
     except ImportError as e:
         raise ImportError(
             "BAPPS needs tensorflow-datasets (TensorFlow itself is not needed): "
-            'pip install "lpips_jax[data]"  (tensorflow-datasets and array-record)'
+            'pip install -e ".[data]" in a checkout (tensorflow-datasets and array-record)'
         ) from e
     return tfds
 
