@@ -8,7 +8,7 @@ For each conv of each trunk at each (size, batch), times forward and forward+bac
 ``impl="im2col"``, ``xla>im2col`` (XLA's conv forward, differentiated through im2col: the
 custom JVP ``_split_conv``) and ``impl="auto"`` (what the trunk runs), one after another
 in one process, and prints the rows of the matmul (N*oh*ow) beside the winner. The rule
-in ``lpips_jax._nets._choose_impls`` was set from such a
+in ``lpips_jax._cpu.choose`` was set from such a
 table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
 subprocess (all cores), so that each layer's gap to the official package's kernels shows.
 At the end, per trunk, configuration and mode: the sums over all its convs.
@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpips_jax import _nets
+from lpips_jax import _cpu, _nets
+from lpips_jax._cpu import _conv
 
 
 def _time(f, *a, min_time=0.05, repeats=5):
@@ -125,9 +126,11 @@ def main():
 
                         def f(x, k, b, impl=impl):
                             if impl == "xla>im2col":
-                                y = _nets._split_conv(x, k, s, p, "xla", "im2col", None) + b
+                                y = _conv.split_conv(x, k, s, p, "xla", "im2col", None) + b
+                            elif impl == "auto":
+                                y = _cpu.conv2d(x, k, s, p, None, _cpu.CONV_PATHS) + b
                             else:
-                                y = _nets.conv2d(x, k, b, s, p, impl=impl)
+                                y = _conv.conv(x, k, s, p, impl, None) + b
                             return jax.nn.relu(y)
 
                         if mode == "fwd":

@@ -244,6 +244,14 @@ def _peak_flops(device):
 
 
 # ----------------------------------------------------------------------------- parent
+def _parse_variant(text, ap):
+    """``NAME[:KEY=VALUE...]`` -> (NAME, {KEY: VALUE})."""
+    name, *pairs = text.split(":")
+    if not name or any("=" not in p for p in pairs):
+        ap.error(f"--variant {text!r}: expected NAME[:KEY=VALUE...]")
+    return name, dict(p.split("=", 1) for p in pairs)
+
+
 class Worker:
     def __init__(self, side, device, env):
         self.proc = subprocess.Popen(
@@ -284,6 +292,12 @@ def main(argv=None):
         "--dtypes", default="float32",
         help="ours' compute dtypes, the first is the main row (e.g. float32,bfloat16)",
     )  # fmt: skip
+    ap.add_argument(
+        "--variant", action="append", default=[], metavar="NAME[:KEY=VALUE...]",
+        help="time ours once per variant, each in its own worker with these environment "
+        "variables (e.g. plain:LPIPS_JAX_CPU_FAST_PATHS=none, before:PYTHONPATH=/tmp/old); "
+        "the first is the main row; repeat for an interleaved A/B",
+    )  # fmt: skip
     ap.add_argument("--json", help="write results here")
     ap.add_argument("--worker", choices=("ours", "official"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -312,19 +326,29 @@ def main(argv=None):
     peak = _peak_flops(args.device)
     print(f"# peak (best float32 matmul, torch/jax): {peak / 1e9:.1f} GFLOP/s; "
           f"cores {os.cpu_count()}; device {args.device}", flush=True)  # fmt: skip
-    ours, official = Worker("ours", args.device, env), Worker("official", args.device, env)
+    variants = [_parse_variant(v, ap) for v in args.variant] or [("ours", {})]
+    workers = {name: Worker("ours", args.device, {**env, **venv}) for name, venv in variants}
+    ours, official = workers[variants[0][0]], Worker("official", args.device, env)
+    others = [name for name, _ in variants[1:]]  # further variants, each beside the main row
     rows = []
     extra = dtypes[1:]  # timed for ours only, beside the main row
     hdr = (
         f"{'net':8}{'size':>6}{'batch':>6}{'mode':>8}{'ours/s':>10}{'off/s':>10}"
         f"{'ratio':>7}{'compile':>9}{'%peak':>7}"
     ) + "".join(f"{_SHORT[d] + '/s':>10}{_SHORT[d] + ' ratio':>11}" for d in extra)
+    hdr += "".join(f"{v[:9] + '/s':>11}{v[:9] + ' r':>12}" for v in others)
+    if others:
+        print(
+            f"# main row: variant {variants[0][0]!r}; " + "; ".join(f"{n}: {e}" for n, e in variants),
+            flush=True,
+        )
     print(hdr, flush=True)
     try:
         for net, size, batch in configs:
             for mode in modes:
                 t_ours, t_off, comp, flops = [], [], None, 0.0
                 t_extra = {d: [] for d in extra}
+                t_var = {v: [] for v in others}
                 common = dict(
                     net=net, size=size, batch=batch, mode=mode,
                     min_time=args.min_time, repeats=args.repeats,
@@ -336,6 +360,8 @@ def main(argv=None):
                     t_off.append(official.run(**common)["time"])
                     for d in extra:
                         t_extra[d].append(ours.run(**common, dtype=d)["time"])
+                    for v in others:
+                        t_var[v].append(workers[v].run(**common, dtype=dtypes[0])["time"])
                 to, tf = statistics.median(t_ours), statistics.median(t_off)
                 # Each round times both sides back to back: the median of the per-round
                 # ratios follows the machine's drifts (shared hosts) better than the ratio
@@ -356,14 +382,20 @@ def main(argv=None):
                     rd = statistics.median(b / a for a, b in zip(t_extra[d], t_off))
                     row[f"ours_{d}_pairs_s"], row[f"ratio_{d}"] = batch / td, rd
                     line += f"{batch / td:>10.1f}{rd:>11.2f}"
+                for v in others:
+                    tv = statistics.median(t_var[v])
+                    rv = statistics.median(b / a for a, b in zip(t_var[v], t_off))
+                    row[f"{v}_pairs_s"], row[f"ratio_{v}"] = batch / tv, rv
+                    line += f"{batch / tv:>11.1f}{rv:>12.2f}"
                 rows.append(row)
                 print(line, flush=True)
     finally:
-        ours.close()
-        official.close()
+        for w in (*workers.values(), official):
+            w.close()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"peak_flops": peak, "device": args.device, "rows": rows}, f, indent=1)
+            meta = {"peak_flops": peak, "device": args.device, "variants": dict(variants)}
+            json.dump({**meta, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _loss_helpers import ENTRY_RTOL
 
 import lpips_jax
 
@@ -119,11 +120,11 @@ def test_unbatched_equals_batch_of_one(alex_params):
     d = lpips_jax.distance(alex_params, x, y)
     d1 = lpips_jax.distance(alex_params, x[None], y[None])
     assert d.shape == () and d1.shape == (1,)
-    np.testing.assert_allclose(np.asarray(d), np.asarray(d1)[0], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(np.asarray(d), np.asarray(d1)[0], rtol=ENTRY_RTOL, atol=0)
     m = lpips_jax.distance_map(alex_params, x, y)
     m1 = lpips_jax.distance_map(alex_params, x[None], y[None])
     assert m.shape == (H, W) and m1.shape == (1, H, W)
-    np.testing.assert_allclose(np.asarray(m), np.asarray(m1)[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(m), np.asarray(m1)[0], rtol=ENTRY_RTOL, atol=1e-9)
     per = lpips_jax.layer_distances(alex_params, x, y)
     assert all(a.shape == () for a in per)
 
@@ -166,9 +167,9 @@ def test_layers_against_numpy_reference(alex_params):
         ref = (((a - b) ** 2) * w).sum(-1).mean()
         np.testing.assert_allclose(float(per[k]), ref, rtol=1e-5, atol=1e-9, err_msg=f"layer {k}")
     d = float(lpips_jax.distance(alex_params, x, y))
-    np.testing.assert_allclose(d, sum(float(a) for a in per), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(d, sum(float(a) for a in per), rtol=ENTRY_RTOL, atol=0)
     np.testing.assert_allclose(
-        float(lpips_jax.distance_from_features(alex_params, fx, fy)), d, rtol=1e-6, atol=0
+        float(lpips_jax.distance_from_features(alex_params, fx, fy)), d, rtol=ENTRY_RTOL, atol=0
     )
 
 
@@ -196,7 +197,7 @@ def test_jit_traces_once_and_matches_eager(alex_params):
     x, y, d = outs[0]
     for i in range(2):
         ref = float(lpips_jax.distance(alex_params, x[i], y[i]))
-        np.testing.assert_allclose(d[i], ref, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(d[i], ref, rtol=ENTRY_RTOL, atol=0)
 
 
 # ---- the Flax module and the params pytree ------------------------------------------
@@ -207,10 +208,10 @@ def test_linen_module_equals_distance(alex_params):
     ref = float(lpips_jax.distance(alex_params, x, y))
     got = lpips_jax.LPIPS(net="alex").apply(alex_params.variables(), x, y)
     assert got.shape == ()
-    np.testing.assert_allclose(float(got), ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(float(got), ref, rtol=ENTRY_RTOL, atol=0)
     base = lpips_jax.load("alex", lpips=False)
     got = lpips_jax.LPIPS(net="alex", lpips=False).apply(base.variables(), x, y)
-    np.testing.assert_allclose(float(got), float(lpips_jax.distance(base, x, y)), rtol=1e-6, atol=0)
+    np.testing.assert_allclose(float(got), float(lpips_jax.distance(base, x, y)), rtol=ENTRY_RTOL, atol=0)
 
 
 def test_to_params_round_trip(alex_params):

@@ -56,4 +56,3 @@ def test_fast_paths_off_leave_the_plain_path_on_cpu():
     with _ops.fast_paths(False):
         text = _module(fns["grad"], params, spec, ("cpu",))
     assert CPU_FILE not in text and "dot_general" not in text and "stablehlo.case" not in text
-

@@ -1,5 +1,5 @@
-# The GPU checks of issue 3 as one prepared run on a lent device machine (see docs/speed.md,
-# and bench/README if any): restore the trunks, install the official lpips from a carried wheel, then the
+# The GPU checks of issue 3 as one prepared run on a lent device machine (see docs/speed.md):
+# restore the trunks, install the official lpips from a carried wheel, then the
 # side-by-side bench (float32 and bf16), the parity/precision/gradient tests at precision
 # "highest", the memory figures and the half-precision error. Outputs under $OUT.
 #
