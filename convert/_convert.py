@@ -1,4 +1,5 @@
-"""Conversion of torchvision trunks and lpips heads into lpips_jax params."""
+"""Conversion of PyTorch checkpoints into lpips_jax params: torchvision trunks, lpips
+heads, whole lpips / ST-LPIPS state dicts, DISTS' alpha and beta."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from safetensors import SafetensorError
 
-from lpips_jax import _checks, _metric
+from lpips_jax import _checks, _dists, _metric, _nets, _ops
 from lpips_jax._weights import FORMAT, expected_shapes, write_flat
 
 
@@ -104,7 +105,6 @@ def _convert_part(
 
     ``display`` maps a name in ``sd`` to the name to report (the key in the user's file).
     """
-    _checks.check_net(net)
     expected = _torch_layout(net, part)
     display = display or {}
     shown = lambda k: display.get(k, k)
@@ -163,18 +163,29 @@ _LINS = re.compile(r"^lins\.(\d+)\.(model\.1\.weight)$")
 
 
 def convert_lpips_state_dict(
-    sd: Mapping[str, np.ndarray], net: str, source: str = "lpips state dict"
+    sd: Mapping[str, np.ndarray], net: str, source: str = "lpips state dict", variant: str = "vanilla"
 ) -> tuple[dict, dict]:
-    """A whole ``lpips.LPIPS().state_dict()`` -> ``(trunk, heads)`` flat dicts.
+    """A whole ``lpips.LPIPS().state_dict()`` (or ST-LPIPS's, ``variant="shift_tolerant"``)
+    -> ``(trunk, heads)`` flat dicts.
 
-    ``net.slice{s}.{i}.*`` is torchvision's ``features.{i}.*``; ``lins.{k}.*`` is the
-    same tensor as ``lin{k}.*`` (lpips registers each head twice) and must equal it;
-    ``scaling_layer`` buffers are checked against the known constants and dropped.
+    ``net.slice{s}.{i}.*`` is the trunk's ``features.{i}.*``; ``lins.{k}.*`` is the same
+    tensor as ``lin{k}.*`` (lpips registers each head twice) and must equal it;
+    ``scaling_layer`` buffers are checked against the known constants and dropped, and so
+    are ST-LPIPS's blur filters (against the 3x3 binomial filter).
     """
+    try:
+        _checks.check_net(net)
+        _checks.check_variant(variant, net)
+    except ValueError as e:
+        raise ConversionError(str(e)) from e
+    tname = _nets.trunk_name(net, variant)
     trunk_sd, head_sd, alias, other, display = {}, {}, {}, [], {}
     for k, v in sd.items():
         m = _SLICE.match(k)
-        if m:
+        if m and m.group(3) == "filt" and variant != "vanilla":
+            if not _is_binomial_blur(v):
+                other.append(f"{k}: not the 3x3 binomial blur filter (1, 2, 1)/4 x (1, 2, 1)/4")
+        elif m:
             name = f"features.{m.group(2)}.{m.group(3)}"
             trunk_sd[name] = v
             display[name] = k
@@ -199,12 +210,38 @@ def convert_lpips_state_dict(
         raise ConversionError(f"{source}: unexpected entries:\n" + "\n".join(f" + {k}" for k in other))
     missing = {
         name: f"net.slice*.{name.split('.', 1)[1]}"
-        for name in _torch_layout(net, "trunk")
+        for name in _torch_layout(tname, "trunk")
         if name not in trunk_sd
     }
-    trunk = convert_trunk(trunk_sd, net, source, {**display, **missing})
-    heads = convert_heads(head_sd, net, source) if head_sd else {}
+    trunk = convert_trunk(trunk_sd, tname, source, {**display, **missing})
+    heads = convert_heads(head_sd, tname, source) if head_sd else {}
     return trunk, heads
+
+
+def _is_binomial_blur(v: np.ndarray) -> bool:
+    """A ``(C, 1, 3, 3)`` depthwise filter, each the outer product of (1, 2, 1) / 4."""
+    t = np.asarray(_ops._BINOMIAL3)
+    return v.ndim == 4 and v.shape[1:] == (1, 3, 3) and np.allclose(v, np.outer(t, t), rtol=0, atol=1e-7)
+
+
+def convert_dists_weights(sd: Mapping[str, np.ndarray], source: str = "DISTS weights") -> dict:
+    """``DISTS_pytorch/weights.pt`` (``alpha``, ``beta``: ``(1, 1475, 1, 1)``) -> ``dists/alpha``,
+    ``dists/beta`` ``(1475,)``, checked >= 0."""
+    n = sum(_dists.CHANNELS)
+    problems = [f" - {k} (1, {n}, 1, 1)" for k in ("alpha", "beta") if k not in sd]
+    problems += [f" + {k} {tuple(np.shape(v))}" for k, v in sd.items() if k not in ("alpha", "beta")]
+    problems += [
+        f" ! {k}: got shape {tuple(np.shape(sd[k]))}, expected (1, {n}, 1, 1)"
+        for k in ("alpha", "beta")
+        if k in sd and tuple(np.shape(sd[k])) != (1, n, 1, 1)
+    ]
+    if problems:
+        raise ConversionError(f"{source} does not match DISTS' alpha and beta:\n" + "\n".join(problems))
+    out = {f"dists/{k}": np.asarray(sd[k], np.float32).reshape(n) for k in ("alpha", "beta")}
+    neg = [k for k, v in out.items() if np.any(v < 0)]
+    if neg:
+        raise ConversionError(f"{source}: negative weights in {neg}: DISTS' alpha and beta are >= 0")
+    return out
 
 
 def _version_from_path(path: str) -> str | None:
@@ -218,10 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert PyTorch checkpoints (torchvision trunks, lpips heads, whole "
         "lpips.LPIPS state dicts) into an lpips_jax safetensors file.",
     )
-    p.add_argument("--net", required=True, choices=_checks.NETS)
+    p.add_argument("--net", required=True, choices=(*_checks.NETS, "dists"))
     p.add_argument("--trunk", help="torchvision model state dict (features.N.* keys)")
     p.add_argument("--heads", help="lpips head file (lin{k}.model.1.weight)")
     p.add_argument("--lpips-state-dict", help="a whole lpips.LPIPS().state_dict(), instead of both")
+    p.add_argument(
+        "--stlpips-state-dict",
+        help="a whole ST-LPIPS state dict (stlpips_pytorch weights/vST0.0/{alex,vgg}_shift_tolerant.pth)",
+    )
+    p.add_argument(
+        "--dists-weights",
+        help="DISTS alpha and beta (DISTS_pytorch/weights.pt), with --net dists; with --trunk "
+        "(torchvision vgg16) the file holds the trunk too, else load() takes the shipped one",
+    )
     p.add_argument(
         "--version", choices=_checks.VERSIONS,
         help="version of the heads (default: read from a v0.x in the heads path, else 0.1)",
@@ -234,16 +280,25 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m convert``: 0 on success; 1, with the reason on stderr and nothing
     written at ``--out`` (an existing file there is left as it was), on failure."""
     args = build_parser().parse_args(argv)
+    meta = {"format": FORMAT, "net": args.net}
     try:
-        if args.lpips_state_dict:
-            if args.trunk or args.heads:
+        whole = args.lpips_state_dict or args.stlpips_state_dict
+        if args.net == "dists" or args.dists_weights:
+            if args.net != "dists" or not args.dists_weights or args.heads or whole:
+                raise ConversionError("DISTS: give --net dists --dists-weights FILE (and optionally --trunk)")
+            trunk = convert_trunk(read_state_dict(args.trunk), "dists", args.trunk) if args.trunk else {}
+            heads = convert_dists_weights(read_state_dict(args.dists_weights), args.dists_weights)
+            heads_src = None
+        elif whole:
+            if args.trunk or args.heads or (args.lpips_state_dict and args.stlpips_state_dict):
                 raise ConversionError(
-                    "--lpips-state-dict replaces --trunk and --heads: give one or the other"
+                    "--lpips-state-dict and --stlpips-state-dict replace --trunk and --heads: give one"
                 )
-            trunk, heads = convert_lpips_state_dict(
-                read_state_dict(args.lpips_state_dict), args.net, args.lpips_state_dict
-            )
-            heads_src = args.lpips_state_dict
+            variant = "shift_tolerant" if args.stlpips_state_dict else "vanilla"
+            trunk, heads = convert_lpips_state_dict(read_state_dict(whole), args.net, whole, variant)
+            heads_src = whole if variant == "vanilla" else None
+            if variant != "vanilla":
+                meta.update(variant=variant, version="0.1")
         else:
             if not args.trunk and not args.heads:
                 raise ConversionError("give --trunk (and optionally --heads), or --lpips-state-dict")
@@ -253,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.heads:
                 heads = convert_heads(read_state_dict(args.heads), args.net, args.heads)
             heads_src = args.heads
-        meta = {"format": FORMAT, "net": args.net}
-        if heads:
+        if heads and args.net != "dists" and "version" not in meta:
             meta["version"] = args.version or _version_from_path(heads_src or "") or "0.1"
         try:
             write_flat({**trunk, **heads}, meta, args.out)
@@ -263,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, FileNotFoundError) as e:
         print(f"convert: error: {e}", file=sys.stderr)
         return 1
-    parts = " + ".join(p for p, d in (("trunk", trunk), ("heads", heads)) if d)
+    parts = " + ".join(
+        p for p, d in (("trunk", trunk), ("alpha/beta" if args.net == "dists" else "heads", heads)) if d
+    )
     print(f"wrote {args.out}: {args.net} {parts} ({len(trunk) + len(heads)} tensors)")
     return 0

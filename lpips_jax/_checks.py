@@ -1,4 +1,4 @@
-"""Static (trace-time) checks of the metric's inputs and options."""
+"""Static (trace-time) checks of the metrics' inputs and options, and their batching."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from lpips_jax import _nets
 
 NETS = ("alex", "vgg", "squeeze")
 VERSIONS = ("0.1", "0.0")
+# LPIPS trunks: torchvision's, or ST-LPIPS's shift-tolerant ones (alex and vgg only).
+VARIANTS = ("vanilla", "shift_tolerant")
+SHIFT_TOLERANT_NETS = ("alex", "vgg")
 
 
 def check_net(net: Any) -> str:
@@ -31,10 +34,33 @@ def check_version(version: Any) -> str:
     return version
 
 
+def check_variant(variant: Any, net: str) -> str:
+    if not isinstance(variant, str) or variant not in VARIANTS:
+        allowed = ", ".join(map(repr, VARIANTS))
+        raise ValueError(f"variant={variant!r} is not known: expected one of {allowed}")
+    if variant == "shift_tolerant" and net not in SHIFT_TOLERANT_NETS:
+        raise ValueError(
+            f"variant='shift_tolerant' exists for net 'alex' and 'vgg', not {net!r} "
+            "(no shift-tolerant SqueezeNet weights are published)"
+        )
+    return variant
+
+
 def check_lpips(lpips: Any) -> bool:
     if not isinstance(lpips, bool):
         raise TypeError(f"lpips={lpips!r}: expected True or False")
     return lpips
+
+
+def as_batch(x: Any) -> tuple[jax.Array, bool]:
+    """``x`` with a batch axis, and whether it came without one."""
+    x = jnp.asarray(x)
+    return (x[None], True) if x.ndim == 3 else (x, False)
+
+
+def widen(x: jax.Array) -> jax.Array:
+    """bfloat16/float16 images -> float32 (float64 stays): scaling runs at least in float32."""
+    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
 
 
 def _shape_dtype(name: str, a: Any) -> tuple[tuple[int, ...], Any]:
@@ -72,7 +98,7 @@ def check_images(x: Any, y: Any, net: str) -> None:
         if h < m or w < m:
             raise ValueError(
                 f"{name} has spatial size {h}x{w}: net {net!r} needs at least {m}x{m} "
-                f"(minimum sizes: " + ", ".join(f"{n} {_nets.min_size(n)}" for n in NETS) + ")"
+                f"(minimum sizes: " + ", ".join(f"{n} {_nets.min_size(n)}" for n in _nets.LAYERS) + ")"
             )
     xs, ys = _shape_dtype("x", x)[0], _shape_dtype("y", y)[0]
     if xs != ys:

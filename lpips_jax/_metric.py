@@ -1,11 +1,13 @@
-"""The LPIPS metric as pure functions of ``(params, x, y)``.
+"""The metrics as pure functions of ``(params, x, y)``: LPIPS (and ST-LPIPS, the same
+formula on shift-tolerant trunks) here, DISTS in :mod:`lpips_jax._dists`.
 
 Contract: images are NHWC ``(N, H, W, 3)`` or unbatched ``(H, W, 3)`` float arrays with
 values in ``[-1, 1]`` (``[0, 1]`` with ``normalize=True``). ``distance`` returns ``(N,)``
 (or ``()``), ``distance_map`` returns ``(N, H, W)`` (or ``(H, W)``), ``layer_distances``
 a tuple of ``(N,)`` (or ``()``) arrays, one per tap. Results are float32.
 
-Checks of rank, channels, shapes, dtype and minimum size run at trace time.
+The way through: scaling -> trunk -> unit-normalised taps -> heads -> spatial means ->
+sum over taps. Checks of rank, channels, shapes, dtype and minimum size run at trace time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lpips_jax import _checks, _nets, _ops
+from lpips_jax import _checks, _dists, _nets
+from lpips_jax._dists import DISTSParams
 
 # v0.1 scaling layer, from the official lpips ScalingLayer.
 SHIFT = (-0.030, -0.088, -0.188)
@@ -33,8 +36,9 @@ class LPIPSParams:
 
     ``trunk`` is the Flax param tree of the trunk (``features_{i}/kernel``, ``bias``),
     ``heads`` a dict ``lin{k} -> {"kernel": (1, 1, C_k, 1)}`` or ``None`` when
-    ``lpips=False``. ``net``, ``version`` and ``lpips`` are static (not leaves), so jit,
-    grad, vmap and optax see only the arrays.
+    ``lpips=False``. ``net``, ``version``, ``lpips`` and ``variant`` (``"vanilla"``, or
+    ``"shift_tolerant"`` for ST-LPIPS) are static (not leaves), so jit, grad, vmap and
+    optax see only the arrays.
     """
 
     trunk: Any
@@ -42,6 +46,7 @@ class LPIPSParams:
     net: str = struct.field(pytree_node=False, default="alex")
     version: str = struct.field(pytree_node=False, default="0.1")
     lpips: bool = struct.field(pytree_node=False, default=True)
+    variant: str = struct.field(pytree_node=False, default="vanilla")
 
     def variables(self) -> dict:
         """The ``{"params": ...}`` collection for :class:`LPIPS` ``.apply``."""
@@ -50,26 +55,34 @@ class LPIPSParams:
             p["heads"] = self.heads
         return {"params": p}
 
+    @property
+    def trunk_net(self) -> str:
+        """The trunk's layer table (``_nets.LAYERS``): ``net``, or ``net_st``."""
+        return _nets.trunk_name(self.net, self.variant)
 
-def _validate_params(params: Any) -> LPIPSParams:
+
+Params = LPIPSParams | DISTSParams
+
+
+def _validate_params(params: Any) -> Params:
+    if isinstance(params, DISTSParams):
+        return _dists.validate(params)
     if not isinstance(params, LPIPSParams):
         raise TypeError(
-            f"params has type {type(params).__name__}: expected LPIPSParams, "
+            f"params has type {type(params).__name__}: expected LPIPSParams or DISTSParams, "
             "as returned by lpips_jax.load(...)"
         )
     _checks.check_net(params.net)
     _checks.check_version(params.version)
     _checks.check_lpips(params.lpips)
+    _checks.check_variant(params.variant, params.net)
     if params.lpips and params.heads is None:
         raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
     return params
 
 
-def _as_batch(x: Any) -> tuple[jax.Array, bool]:
-    x = jnp.asarray(x)
-    if x.ndim == 3:
-        return x[None], True
-    return x, False
+def _trunk_net(params: Params) -> str:
+    return "dists" if isinstance(params, DISTSParams) else params.trunk_net
 
 
 def scale_inputs(x: jax.Array, version: str, normalize: Any) -> jax.Array:
@@ -101,7 +114,7 @@ def normalize_channels(f: jax.Array) -> jax.Array:
     """
     dt = jnp.float64 if f.dtype == jnp.float64 else jnp.float32
     f = f.astype(dt)
-    sq = _ops.channel_sum(f * f)
+    sq = jnp.sum(f * f, axis=-1, keepdims=True)
     positive = sq > 0
     norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
     return f / (norm + jnp.asarray(NORM_EPS, dt))
@@ -112,33 +125,15 @@ def head_map(d: jax.Array, kernel: jax.Array) -> jax.Array:
     weighted channel sum ``(...)`` with ``kernel`` ``(1, 1, C, 1)`` (``lin{k}``), in ``d``'s
     dtype. A product and a sum, not a dot: exact float32 on GPU too (a dot's default
     precision there is TF32)."""
-    return _ops.channel_sum(d * kernel.reshape(-1).astype(d.dtype))[..., 0]
-
-
-def _widen(x: jax.Array) -> jax.Array:
-    """bfloat16/float16 images -> float32 (float64 stays): scaling runs at least in float32."""
-    return x if x.dtype == jnp.float64 else x.astype(jnp.float32)
-
-
-def _compute_dtype(dtype: Any, x: jax.Array, trunk_params: Any) -> Any:
-    """The trunk's compute dtype: ``dtype`` if given, else float32 (float64 if x or params are).
-
-    Chosen here rather than left to Flax's ``promote_dtype`` (``jnp.result_type``), which
-    raises for bfloat16/float16 images and float32 params under strict dtype promotion.
-    """
-    if dtype is not None:
-        return dtype
-    leaves = [x, *jax.tree_util.tree_leaves(trunk_params)]
-    wide = any(getattr(a, "dtype", None) == jnp.float64 for a in leaves)
-    return jnp.float64 if wide else jnp.float32
+    return jnp.sum(d * kernel.reshape(-1).astype(d.dtype), axis=-1)
 
 
 def _trunk_fn(params: LPIPSParams, dtype: Any, remat: bool, precision: Any):
     """The trunk of ``params`` as a function of scaled images, returning the raw taps."""
 
     def apply(xs):
-        dt = _compute_dtype(dtype, xs, params.trunk)
-        trunk = _nets.Trunk(net=params.net, dtype=dt, remat=remat, precision=precision)
+        dt = _nets.compute_dtype(dtype, xs, params.trunk)
+        trunk = _nets.Trunk(net=params.trunk_net, dtype=dt, remat=remat, precision=precision)
         return trunk.apply({"params": params.trunk}, xs)
 
     return apply
@@ -146,11 +141,18 @@ def _trunk_fn(params: LPIPSParams, dtype: Any, remat: bool, precision: Any):
 
 def _taps(trunk, version, xb, normalize):
     """Scaling layer, ``trunk`` (a function or a bound module), unit-normalised taps."""
-    return tuple(normalize_channels(t) for t in trunk(scale_inputs(_widen(xb), version, normalize)))
+    return tuple(normalize_channels(t) for t in trunk(scale_inputs(_checks.widen(xb), version, normalize)))
+
+
+def _features(params: Params, xb, normalize, dtype, remat, precision):
+    """What the metric compares, of a batch: LPIPS's unit-normalised taps, DISTS' stages."""
+    if isinstance(params, DISTSParams):
+        return _dists.features(params, xb, normalize, dtype, remat, precision)
+    return _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
 
 
 def features(
-    params: LPIPSParams,
+    params: Params,
     x: Any,
     *,
     normalize: bool = False,
@@ -158,17 +160,18 @@ def features(
     remat: bool = False,
     precision: Any = None,
 ) -> tuple[jax.Array, ...]:
-    """Unit-normalised taps of ``x``: a tuple of ``(N, h_k, w_k, C_k)`` float32 arrays.
+    """What the metric compares, of ``x``: a tuple of ``(N, h_k, w_k, C_k)`` arrays (LPIPS:
+    the unit-normalised taps; DISTS: the ``[0, 1]`` image and the five VGG stages).
 
     Compute once for a fixed reference and pass to :func:`distance_from_features`.
-    ``x`` is ``(N, H, W, 3)`` or ``(H, W, 3)`` (then the taps have no batch axis).
+    ``x`` is ``(N, H, W, 3)`` or ``(H, W, 3)`` (then the features have no batch axis).
     """
     params = _validate_params(params)
-    _checks.check_images(x, x, params.net)
+    _checks.check_images(x, x, _trunk_net(params))
     _checks.check_range("x", x, normalize)
-    xb, unbatched = _as_batch(x)
-    taps = _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
-    return tuple(t[0] for t in taps) if unbatched else taps
+    xb, unbatched = _checks.as_batch(x)
+    feats = _features(params, xb, normalize, dtype, remat, precision)
+    return tuple(f[0] for f in feats) if unbatched else feats
 
 
 def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
@@ -179,33 +182,34 @@ def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
         if params.lpips:
             maps.append(head_map(d, params.heads[f"lin{k}"]["kernel"]))
         else:
-            maps.append(_ops.channel_sum(d)[..., 0])
+            maps.append(jnp.sum(d, axis=-1))
     return tuple(maps)
 
 
 def _prepare(params, x, y, normalize):
     params = _validate_params(params)
-    _checks.check_images(x, y, params.net)
+    _checks.check_images(x, y, _trunk_net(params))
     _checks.check_range("x", x, normalize)
     _checks.check_range("y", y, normalize)
-    xb, unbatched = _as_batch(x)
-    yb, _ = _as_batch(y)
+    xb, unbatched = _checks.as_batch(x)
+    yb, _ = _checks.as_batch(y)
     return params, xb, yb, unbatched
 
 
-def _zero_identical(maps, xb, yb):
+def _zero_identical(values, xb, yb):
     """Exactly 0 (value and gradient) for pairs whose images are identical.
 
     Mathematically d(x, x) = 0 with gradient 0; under jit XLA may compile x's and y's
-    trunk passes with different summation orders, leaving ~1e-16. One comparison of the
-    inputs restores the identity (a NaN anywhere leaves the pair as it is).
+    trunk passes with different summation orders, leaving ~1e-16 (and DISTS' texture
+    term is 1 only up to rounding). One comparison of the inputs restores the identity
+    (a NaN anywhere leaves the pair as it is). ``values``: ``(N, ...)`` arrays.
     """
-    same = (jnp.max(jnp.abs(xb - yb), axis=(1, 2, 3)) == 0)[:, None, None]
-    return tuple(jnp.where(same, jnp.zeros_like(m), m) for m in maps)
+    same = jnp.max(jnp.abs(xb - yb), axis=(1, 2, 3)) == 0
+    return tuple(jnp.where(same.reshape(-1, *(1,) * (v.ndim - 1)), jnp.zeros_like(v), v) for v in values)
 
 
 def _maps(trunk, params, xb, yb, normalize):
-    """Per-tap ``(N, h, w)`` maps of a batched pair: the one path of every entry point."""
+    """Per-tap ``(N, h, w)`` maps of a batched LPIPS pair: the one path of every entry point."""
     fx = _taps(trunk, params.version, xb, normalize)
     fy = _taps(trunk, params.version, yb, normalize)
     return _zero_identical(_head_maps(params, fx, fy), xb, yb)
@@ -213,6 +217,8 @@ def _maps(trunk, params, xb, yb, normalize):
 
 def _pair_maps(params, x, y, normalize, dtype, remat, precision):
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    if isinstance(params, DISTSParams):
+        raise ValueError("distance_map is not defined for DISTS (its terms are global statistics per stage)")
     maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
     return maps, xb.shape[1:3], unbatched
 
@@ -229,8 +235,19 @@ def _unbatch(a, unbatched):
     return a[0] if unbatched else a
 
 
+def _per_layer(params, x, y, normalize, dtype, remat, precision):
+    """Per-layer ``(N,)`` distances of a pair and whether it came unbatched."""
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    if isinstance(params, DISTSParams):
+        fx = _dists.features(params, xb, normalize, dtype, remat, precision)
+        fy = _dists.features(params, yb, normalize, dtype, remat, precision)
+        return _zero_identical(_dists.stage_terms(params, fx, fy), xb, yb), unbatched
+    maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
+    return _layer_means(maps), unbatched
+
+
 def layer_distances(
-    params: LPIPSParams,
+    params: Params,
     x: Any,
     y: Any,
     *,
@@ -239,16 +256,18 @@ def layer_distances(
     remat: bool = False,
     precision: Any = None,
 ) -> tuple[jax.Array, ...]:
-    """Per-tap distances (official ``retPerLayer``): a tuple of ``(N,)`` or ``()`` arrays.
+    """Per-layer distances: a tuple of ``(N,)`` or ``()`` arrays whose sum is :func:`distance`.
 
-    Their sum is :func:`distance`.
+    LPIPS: one per tap (official ``retPerLayer``). DISTS: one per stage (the image, then
+    relu1_2 .. relu5_3), the stage's share ``w_k - sum_c (alpha S1 + beta S2)`` with ``w_k``
+    its share of the normalised weights.
     """
-    maps, _, unbatched = _pair_maps(params, x, y, normalize, dtype, remat, precision)
-    return tuple(_unbatch(d, unbatched) for d in _layer_means(maps))
+    per, unbatched = _per_layer(params, x, y, normalize, dtype, remat, precision)
+    return tuple(_unbatch(d, unbatched) for d in per)
 
 
 def distance(
-    params: LPIPSParams,
+    params: Params,
     x: Any,
     y: Any,
     *,
@@ -257,7 +276,7 @@ def distance(
     remat: bool = False,
     precision: Any = None,
 ) -> jax.Array:
-    """LPIPS distance between ``x`` and ``y``.
+    """The distance between ``x`` and ``y`` (LPIPS, ST-LPIPS or DISTS, as ``params`` says).
 
     Args:
       params: from :func:`lpips_jax.load`.
@@ -276,18 +295,18 @@ def distance(
     return _total(per)
 
 
-def distance_from_features(
-    params: LPIPSParams, fx: tuple[jax.Array, ...], fy: tuple[jax.Array, ...]
-) -> jax.Array:
+def distance_from_features(params: Params, fx: tuple[jax.Array, ...], fy: tuple[jax.Array, ...]) -> jax.Array:
     """:func:`distance` from precomputed :func:`features` (``(N,)`` or ``()``).
 
     ``fx`` and ``fy`` broadcast against each other, so one reference's features
     (batch 1) can be compared with many candidates.
     """
     params = _validate_params(params)
-    n = len(_nets.tap_channels(params.net))
+    n = len(_dists.CHANNELS) if isinstance(params, DISTSParams) else len(_nets.tap_channels(params.trunk_net))
     if len(fx) != n or len(fy) != n:
         raise ValueError(f"expected {n} feature taps for net {params.net!r}: got {len(fx)} and {len(fy)}")
+    if isinstance(params, DISTSParams):
+        return _total(_dists.stage_terms(params, fx, fy))
     return _total(_layer_means(_head_maps(params, fx, fy)))
 
 
@@ -310,7 +329,7 @@ def distance_map(
     """Spatial LPIPS map (official ``spatial=True``): ``(N, H, W)`` or ``(H, W)``.
 
     Each tap's map is upsampled bilinearly (align_corners=False) to the input size and
-    the taps are summed.
+    the taps are summed. Not defined for DISTS (``ValueError``).
     """
     maps, hw, unbatched = _pair_maps(params, x, y, normalize, dtype, remat, precision)
     ups = [_upsample(m, hw) for m in maps]
@@ -363,7 +382,7 @@ class LPIPS(nn.Module):
         params = LPIPSParams(trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips)
         params, xb, yb, unbatched = _prepare(params, x, y, normalize)
         trunk = _nets.Trunk(
-            net=self.net, dtype=_compute_dtype(self.dtype, _widen(xb), None), remat=self.remat,
+            net=self.net, dtype=_nets.compute_dtype(self.dtype, _checks.widen(xb), None), remat=self.remat,
             precision=self.precision, name="trunk",
         )  # fmt: skip
         maps = _maps(trunk, params, xb, yb, normalize)

@@ -1,7 +1,8 @@
-"""The LPIPS trunks: torchvision's AlexNet, VGG16 and SqueezeNet-1.1 ``features``.
+"""The trunks: torchvision's AlexNet, VGG16 and SqueezeNet-1.1 ``features`` (LPIPS), VGG16
+with L2 pooling (DISTS) and the shift-tolerant AlexNet and VGG16 (ST-LPIPS).
 
 Each trunk is a Flax linen module taking ``(N, H, W, 3)`` images (already scaled) and
-returning a tuple of taps, one ``(N, h_k, w_k, C_k)`` array per LPIPS layer.
+returning a tuple of taps, one ``(N, h_k, w_k, C_k)`` array per metric layer.
 
 Every trunk is described by a small table of layers indexed exactly like torchvision's
 ``features`` sequence, so parameter ``features_{i}`` here is ``features.{i}`` there. The
@@ -24,13 +25,28 @@ from lpips_jax._ops import pool_output_size
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-    """``features.{index}``: a conv followed by ReLU (torchvision puts ReLU at index + 1)."""
+    """``features.{index}``: a conv followed by ReLU (torchvision puts ReLU at index + 1),
+    or by nothing (``relu=False``: ST-LPIPS's first conv, blurred before its ReLU)."""
 
     index: int
     features: int
     kernel: int
     stride: int = 1
     padding: int = 0
+    relu: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ReLU:
+    """A ReLU of its own (after ST-LPIPS's first blur)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Blur:
+    """Blur pool (anti-aliased stride-2 downsampling): 3x3 binomial blur, reflection
+    padding ``pad`` on each side."""
+
+    pad: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +56,11 @@ class Pool:
     kernel: int
     stride: int
     ceil: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class L2Pool:
+    """DISTS' L2 pooling: ``sqrt(hanning3x3 * x^2 + 1e-12)``, stride 2, zero padding 1."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +111,38 @@ SQUEEZE_LAYERS = (
     Fire(12, 64, 256), TAP,
 )  # fmt: skip
 
-LAYERS = {"alex": ALEX_LAYERS, "vgg": VGG_LAYERS, "squeeze": SQUEEZE_LAYERS}
+# DISTS: VGG16 with each max-pool replaced by L2 pooling (same conv indices and params).
+DISTS_LAYERS = tuple(L2Pool() if isinstance(layer, Pool) else layer for layer in VGG_LAYERS)
+
+# ST-LPIPS (Ghildyal and Liu, ECCV 2022): each stride-2 step an anti-aliasing blur pool;
+# alex's first conv at stride 1, blurred before its ReLU; max-pools at stride 1, each
+# followed by a blur pool. Indexed like their ``features`` sequences (the weights' names).
+ALEX_ST_LAYERS = (
+    Conv(0, 64, 11, 1, 2, relu=False), Blur(), ReLU(), TAP,
+    Pool(3, 1), Blur(), Conv(5, 192, 5, 1, 2), TAP,
+    Pool(3, 1), Blur(), Conv(9, 384, 3, 1, 1), TAP,
+    Conv(11, 256, 3, 1, 1), TAP,
+    Conv(13, 256, 3, 1, 1), TAP,
+)  # fmt: skip
+
+VGG_ST_LAYERS = (
+    *_convs(0, [64, 64]), TAP, Pool(2, 1), Blur(),
+    *_convs(6, [128, 128]), TAP, Pool(2, 1), Blur(),
+    *_convs(12, [256, 256, 256]), TAP, Pool(2, 1), Blur(),
+    *_convs(20, [512, 512, 512]), TAP, Pool(2, 1), Blur(),
+    *_convs(28, [512, 512, 512]), TAP,
+)  # fmt: skip
+
+LAYERS = {
+    "alex": ALEX_LAYERS, "vgg": VGG_LAYERS, "squeeze": SQUEEZE_LAYERS, "dists": DISTS_LAYERS,
+    "alex_st": ALEX_ST_LAYERS, "vgg_st": VGG_ST_LAYERS,
+}  # fmt: skip
+
+
+def trunk_name(net: str, variant: str = "vanilla") -> str:
+    """The layer table of ``net`` (``"alex"``, ...) in ``variant`` (``"vanilla"`` or
+    ``"shift_tolerant"``): a key of :data:`LAYERS`."""
+    return net if variant == "vanilla" else f"{net}_st"
 
 
 def _out_channels(layer: Any) -> int:
@@ -120,6 +172,10 @@ def tap_sizes(net: str, size: int) -> tuple[int, ...]:
             n = (n + 2 * layer.padding - layer.kernel) // layer.stride + 1
         elif isinstance(layer, Pool):
             n = pool_output_size(n, layer.kernel, layer.stride, layer.ceil) if n >= 1 else 0
+        elif isinstance(layer, L2Pool):
+            n = (n - 1) // 2 + 1 if n >= 1 else 0
+        elif isinstance(layer, Blur):  # reflection needs more pixels than its padding
+            n = (n + 2 * layer.pad - 3) // 2 + 1 if n > layer.pad else 0
         elif isinstance(layer, Tap):
             out.append(n)
         if n < 1:
@@ -172,6 +228,19 @@ class _FireModule(nn.Module):
         return jnp.concatenate([e1, e3], axis=-1)
 
 
+def compute_dtype(dtype: Any, x: jax.Array, trunk_params: Any) -> Any:
+    """The trunk's compute dtype: ``dtype`` if given, else float32 (float64 if x or params are).
+
+    Chosen here rather than left to Flax's ``promote_dtype`` (``jnp.result_type``), which
+    raises for bfloat16/float16 images and float32 params under strict dtype promotion.
+    """
+    if dtype is not None:
+        return dtype
+    leaves = [x, *jax.tree_util.tree_leaves(trunk_params)]
+    wide = any(getattr(a, "dtype", None) == jnp.float64 for a in leaves)
+    return jnp.float64 if wide else jnp.float32
+
+
 def _stem_dtype(dtype: Any) -> Any:
     """Compute dtype of the first conv: at least float32.
 
@@ -187,7 +256,8 @@ def _stem_dtype(dtype: Any) -> Any:
 
 
 class Trunk(nn.Module):
-    """One of the LPIPS trunks; ``net`` is ``"alex"``, ``"vgg"`` or ``"squeeze"``.
+    """One of the trunks; ``net`` is a key of :data:`LAYERS` (``"alex"``, ``"vgg"``,
+    ``"squeeze"``, ``"dists"``, ``"alex_st"``, ``"vgg_st"``).
 
     ``__call__(x)`` takes ``(N, H, W, 3)`` and returns the tuple of taps.
     ``dtype`` is the compute dtype (params stay float32); ``remat`` wraps each
@@ -227,9 +297,16 @@ class Trunk(nn.Module):
     def _run_block(self, block: Sequence[Any], x: jax.Array) -> jax.Array:
         for layer in block:
             if isinstance(layer, Conv):
-                x = nn.relu(self.layers[layer.index](x))
+                x = self.layers[layer.index](x)
+                x = nn.relu(x) if layer.relu else x
+            elif isinstance(layer, ReLU):
+                x = nn.relu(x)
+            elif isinstance(layer, Blur):
+                x = _ops.blur_pool(x, layer.pad)
             elif isinstance(layer, Fire):
                 x = self.layers[layer.index](x)
+            elif isinstance(layer, L2Pool):
+                x = _ops.l2_pool(x)
             else:
                 x = _ops.max_pool(x, layer.kernel, layer.stride, layer.ceil)
         return x

@@ -1,11 +1,12 @@
-"""The metric's one backend seam: convolution, max-pool and channel sums.
+"""The trunks' ops: convolution (the one backend seam), max-pool, and the fixed filters of
+DISTS and ST-LPIPS.
 
-The trunks and the metric call these and nothing backend-specific. Each is plain
-``lax``/``jnp`` with JAX's own derivatives: what GPU and TPU run. On XLA:CPU, where
-other forms measured faster (``docs/speed.md``), :func:`jax.lax.platform_dependent`
-swaps in those of :mod:`lpips_jax._cpu` when the function is lowered, so the choice
-follows the platform the computation is lowered for (right under ``jax.export`` with
-several platforms, and for CPU arrays on a GPU host), never ``jax.default_backend()``.
+The trunks call these and nothing backend-specific. Each is plain ``lax``/``jnp`` with
+JAX's own derivatives: what GPU and TPU run. For the convolution on XLA:CPU, where other
+forms measured faster (``docs/speed.md``), :func:`jax.lax.platform_dependent` swaps in
+those of :mod:`lpips_jax._cpu` when the function is lowered, so the choice follows the
+platform the computation is lowered for (right under ``jax.export`` with several
+platforms, and for CPU arrays on a GPU host), never ``jax.default_backend()``.
 
 Override (tests, benchmarks): the environment variable ``LPIPS_JAX_CPU_FAST_PATHS``
 (``"all"``, the default; ``"none"``; or a comma-separated subset of :data:`FAST_PATHS`)
@@ -69,11 +70,6 @@ def fast_paths(enabled: bool | Iterable[str]) -> Iterator[None]:
         _enabled = before
 
 
-def _on_cpu(plain, fast, *args):
-    """``fast(*args)`` where lowered for the CPU, ``plain(*args)`` elsewhere."""
-    return lax.platform_dependent(*args, cpu=fast, default=plain)
-
-
 def conv2d(
     x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int, padding: int, precision: Any = None
 ) -> jax.Array:
@@ -93,7 +89,8 @@ def conv2d(
     def fast(x, kernel, bias):
         return _cpu.conv2d(x, kernel, stride, padding, precision, forms) + bias
 
-    return _on_cpu(plain, fast, x, kernel, bias)
+    # fast where lowered for the CPU, plain elsewhere
+    return lax.platform_dependent(x, kernel, bias, cpu=fast, default=plain)
 
 
 def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
@@ -109,17 +106,44 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
     return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, "VALID")
 
 
+def _filter3(x: jax.Array, taps, stride: int, pad: tuple[int, int], mode: str) -> jax.Array:
+    """The separable 3x3 filter ``taps (x) taps`` of each channel, padded by ``pad`` (before,
+    after) on H and W in ``mode`` (``"constant"``: zeros, or ``"reflect"``), with ``stride``."""
+    lead = [(0, 0)] * (x.ndim - 3)
+    x = jnp.pad(x, [*lead, pad, pad, (0, 0)], mode=mode)
+    for axis in (x.ndim - 3, x.ndim - 2):
+        n = (x.shape[axis] - 3) // stride + 1
+        a, b, c = (lax.slice_in_dim(x, i, i + stride * (n - 1) + 1, stride, axis) for i in range(3))
+        t0, t1, t2 = (jnp.asarray(t, x.dtype) for t in taps)
+        x = t0 * a + t1 * b + t2 * c
+    return x
+
+
+# DISTS' L2 pooling window: np.hanning(5)[1:-1] = (0.5, 1, 0.5) in each direction, the 3x3
+# outer product normalised to sum 1, i.e. (1, 2, 1) / 4 on each axis.
+_HANNING3 = (0.25, 0.5, 0.25)
+
+
+def l2_pool(x: jax.Array) -> jax.Array:
+    """DISTS' L2 pooling: ``sqrt(hanning * x^2 + 1e-12)`` per channel, stride 2, zero
+    padding 1 (``ceil(n / 2)`` outputs)."""
+    return jnp.sqrt(_filter3(x * x, _HANNING3, 2, (1, 1), "constant") + jnp.asarray(1e-12, x.dtype))
+
+
+# The blur pool's filter (Zhang, ICML 2019; ST-LPIPS uses size 3): the binomial (1, 2, 1) / 4
+# on each axis.
+_BINOMIAL3 = (0.25, 0.5, 0.25)
+
+
+def blur_pool(x: jax.Array, pad: int) -> jax.Array:
+    """Anti-aliased downsampling: the 3x3 binomial blur per channel on the input padded by
+    reflection (``pad`` on each side), then every second pixel."""
+    return _filter3(x, _BINOMIAL3, 2, (pad, pad), "reflect")
+
+
 def pool_output_size(n: int, kernel: int, stride: int, ceil: bool) -> int:
     """PyTorch's ``MaxPool2d`` output length (padding 0, dilation 1)."""
     if not ceil:
         return (n - kernel) // stride + 1
     out = -(-(n - kernel) // stride) + 1
     return out - 1 if (out - 1) * stride >= n else out  # the last window starts inside
-
-
-def channel_sum(a: jax.Array) -> jax.Array:
-    """``sum(a, axis=-1, keepdims=True)``."""
-    plain = lambda a: jnp.sum(a, axis=-1, keepdims=True)
-    if "sums" not in _enabled:
-        return plain(a)
-    return _on_cpu(plain, _cpu.channel_sum, a)

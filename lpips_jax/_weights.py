@@ -21,7 +21,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from lpips_jax import _checks, _nets
+from lpips_jax import _checks, _dists, _nets
+from lpips_jax._dists import DISTSParams
 from lpips_jax._metric import LPIPSParams
 from lpips_jax._registry import SHIPPED
 
@@ -33,8 +34,12 @@ class WeightsError(ValueError):
 
 
 def expected_shapes(net: str, part: str) -> dict[str, tuple[int, ...]]:
-    """Flat ``name -> shape`` of the ``trunk`` or ``heads`` part for ``net``."""
-    _checks.check_net(net)
+    """Flat ``name -> shape`` of the ``trunk``, ``heads`` or ``dists`` part for ``net``, a
+    key of ``_nets.LAYERS`` (``"alex"``, ``"alex_st"``, ``"dists"``, ...)."""
+    if net not in _nets.LAYERS:
+        raise ValueError(f"net={net!r} is not known: expected one of {', '.join(map(repr, _nets.LAYERS))}")
+    if part == "dists":
+        return {f"dists/{k}": (sum(_dists.CHANNELS),) for k in ("alpha", "beta")}
     if part == "heads":
         return {f"heads/lin{k}/kernel": (1, 1, c, 1) for k, c in enumerate(_nets.tap_channels(net))}
     trunk = _nets.Trunk(net=net)
@@ -127,14 +132,30 @@ def read_file(path: str | os.PathLike, expect_sha: str | None = None) -> tuple[d
     return _read(str(p.resolve()), p.stat().st_mtime, expect_sha)
 
 
+# The ST-LPIPS weights (69 MB) ship in a wheel of their own, to keep each wheel under
+# the public index's 100 MB: in a checkout they are in weights/ like the others.
+OPTIONAL_PACKAGE = "lpips_jax_st_weights"
+OPTIONAL = ("alex_shift_tolerant.safetensors", "vgg_shift_tolerant.safetensors")
+
+
 def _shipped(name: str) -> tuple[dict, dict]:
-    path = weights_dir() / name
-    if not path.is_file():
-        raise WeightsError(
-            f"shipped weights file {name!r} not found in {weights_dir()} "
-            "(broken install? set LPIPS_JAX_WEIGHTS to the folder holding it)"
+    places = [weights_dir()]
+    if name in OPTIONAL:
+        import importlib.util
+
+        spec = importlib.util.find_spec(OPTIONAL_PACKAGE)
+        if spec is not None and spec.submodule_search_locations:
+            places += [Path(p) for p in spec.submodule_search_locations]
+    for place in places:
+        if (place / name).is_file():
+            return read_file(place / name, SHIPPED[name])
+    hint = "broken install? set LPIPS_JAX_WEIGHTS to the folder holding it"
+    if name in OPTIONAL:
+        hint = (
+            "the shift-tolerant weights are a package of their own: pip install "
+            "lpips-jax-metrics-st-weights (from a checkout: pip install ./weights_st)"
         )
-    return read_file(path, SHIPPED[name])
+    raise WeightsError(f"shipped weights file {name!r} not found in {', '.join(map(str, places))} ({hint})")
 
 
 def _check_part(flat: dict, net: str, part: str, where: str) -> dict:
@@ -176,41 +197,57 @@ def load(
     version: str | None = None,
     lpips: bool = True,
     *,
+    variant: str = "vanilla",
     path: str | os.PathLike | None = None,
-) -> LPIPSParams:
-    """Load LPIPS params.
+) -> LPIPSParams | DISTSParams:
+    """Load the params of a metric.
 
     Args:
-      net: ``"alex"`` (default), ``"vgg"`` or ``"squeeze"``. With ``path``, taken from
-        the file (and checked against it when given).
-      version: ``"0.1"`` (default) or ``"0.0"``: which head weights (and whether the
+      net: ``"alex"`` (default), ``"vgg"`` or ``"squeeze"`` (LPIPS), or ``"dists"``
+        (DISTS). With ``path``, taken from the file (and checked against it when given).
+      version: LPIPS ``"0.1"`` (default) or ``"0.0"``: which head weights (and whether the
         scaling layer is applied).
       lpips: ``False`` for the baseline without heads (unweighted feature distance).
+      variant: ``"vanilla"`` or ``"shift_tolerant"`` (ST-LPIPS, alex and vgg; version 0.1).
       path: a safetensors file written by ``convert/`` or by training.
 
     Returns:
-      :class:`LPIPSParams` with float32 jax arrays.
+      :class:`LPIPSParams` (or :class:`DISTSParams` for ``"dists"``), float32 jax arrays.
     """
+    if net == "dists":
+        if version is not None or lpips is not True or variant != "vanilla":
+            raise ValueError(
+                f"net='dists' takes no version, lpips or variant: got version={version!r}, "
+                f"lpips={lpips!r}, variant={variant!r}"
+            )
+        return _load_dists(path)
     if net is not None:
         _checks.check_net(net)
     if version is not None:
         _checks.check_version(version)
     _checks.check_lpips(lpips)
+    _checks.check_variant(variant, net or "alex")
+    if variant == "shift_tolerant" and version not in (None, "0.1"):
+        raise ValueError(f"variant='shift_tolerant' has version '0.1' only (its scaling): got {version!r}")
 
     if path is not None:
         flat, meta = read_file(path)
         where = str(path)
-        if meta.get("format") != FORMAT:
-            raise WeightsError(
-                f"{where}: metadata format={meta.get('format')!r}, expected {FORMAT!r}: "
-                "not a file written by lpips_jax's convert/ or save()"
-            )
+        _check_format(meta, where)
         file_net = meta.get("net")
+        if file_net == "dists":
+            if net is not None:
+                raise WeightsError(f"{where} holds DISTS params, but net={net!r} was asked for")
+            return _load_dists(path)
         if file_net not in _checks.NETS:
             raise WeightsError(f"{where}: metadata net={file_net!r} is not a known net")
         if net is not None and net != file_net:
             raise WeightsError(f"{where} holds net {file_net!r}, but net={net!r} was asked for")
         net = file_net
+        file_variant = meta.get("variant", "vanilla")
+        if variant != "vanilla" and variant != file_variant:
+            raise WeightsError(f"{where} holds variant {file_variant!r}, but variant={variant!r} was asked")
+        variant = _checks.check_variant(file_variant, net)
         stray = sorted(k for k in flat if not k.startswith(("trunk/", "heads/")))
         if stray:
             raise WeightsError(
@@ -220,22 +257,34 @@ def load(
         has_heads = any(k.startswith("heads/") for k in flat)
         if not any(k.startswith("trunk/") for k in flat):
             raise WeightsError(f"{where}: holds no trunk params (trunk/...)")
-        trunk = _check_part(flat, net, "trunk", where)
+        tname = _nets.trunk_name(net, variant)
+        trunk = _check_part(flat, tname, "trunk", where)
         heads = None
         file_version = meta.get("version")
         if lpips:
             if not has_heads:
                 raise WeightsError(f"{where} holds a trunk only: pass lpips=False, or convert with --heads")
-            heads = _check_part(flat, net, "heads", where)
+            heads = _check_part(flat, tname, "heads", where)
             if version is not None and file_version is not None and version != file_version:
                 raise WeightsError(
                     f"{where} holds heads of version {file_version!r}, but version={version!r} was asked for"
                 )
         version = version or file_version or "0.1"
-        return LPIPSParams(trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips)
+        return LPIPSParams(
+            trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips, variant=variant
+        )
 
     net = net or "alex"
     version = version or "0.1"
+    if variant == "shift_tolerant":
+        name = f"{net}_shift_tolerant.safetensors"
+        flat, _ = _shipped(name)
+        tname = _nets.trunk_name(net, variant)
+        trunk = _check_part(flat, tname, "trunk", name)
+        heads = _check_part(flat, tname, "heads", name) if lpips else None
+        return LPIPSParams(
+            trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips, variant=variant
+        )
     trunk_name = f"{net}_trunk.safetensors"
     if trunk_name not in SHIPPED:
         raise _squeeze_missing()
@@ -249,6 +298,44 @@ def load(
     return LPIPSParams(trunk=_to_jax(trunk), heads=_to_jax(heads), net=net, version=version, lpips=lpips)
 
 
+def _check_format(meta: dict, where: str) -> None:
+    if meta.get("format") != FORMAT:
+        raise WeightsError(
+            f"{where}: metadata format={meta.get('format')!r}, expected {FORMAT!r}: "
+            "not a file written by lpips_jax's convert/ or save()"
+        )
+
+
+DISTS_FILE = "dists_weights.safetensors"
+
+
+def _load_dists(path) -> DISTSParams:
+    """DISTS: the shipped VGG16 trunk and alpha/beta, or both from one file at ``path``."""
+    if path is not None:
+        flat, meta = read_file(path)
+        _check_format(meta, str(path))
+        if meta.get("net") != "dists":
+            raise WeightsError(f"{path} holds net {meta.get('net')!r}, but net='dists' was asked for")
+        if not any(k.startswith("trunk/") for k in flat):  # alpha and beta only
+            flat = {**_shipped("vgg_trunk.safetensors")[0], **flat}
+        return _dists_params(flat, str(path))
+    trunk, _ = _shipped("vgg_trunk.safetensors")
+    weights, _ = _shipped(DISTS_FILE)
+    return _dists_params({**trunk, **weights}, f"vgg_trunk.safetensors + {DISTS_FILE}")
+
+
+def _dists_params(flat: dict, where: str) -> DISTSParams:
+    stray = sorted(k for k in flat if not k.startswith(("trunk/", "dists/")))
+    if stray:
+        raise WeightsError(f"{where}: unexpected tensors for DISTS:\n" + "\n".join(f" + {k}" for k in stray))
+    trunk = _check_part(flat, "dists", "trunk", where)
+    w = _check_part(flat, "dists", "dists", where)
+    for k, v in w.items():
+        if np.any(v < 0):
+            raise WeightsError(f"{where}: dists/{k} has negative weights; DISTS' alpha and beta are >= 0")
+    return DISTSParams(trunk=_to_jax(trunk), alpha=jnp.asarray(w["alpha"]), beta=jnp.asarray(w["beta"]))
+
+
 def save(params: LPIPSParams, path: str | os.PathLike, *, trunk: bool = True) -> None:
     """Write ``params`` to a safetensors file that :func:`load` reads back.
 
@@ -258,11 +345,17 @@ def save(params: LPIPSParams, path: str | os.PathLike, *, trunk: bool = True) ->
     flat = {}
     if trunk:
         flat.update(flatten(params.trunk, "trunk/"))
+    meta = {"format": FORMAT, "net": params.net}
+    if isinstance(params, DISTSParams):
+        flat.update({"dists/alpha": params.alpha, "dists/beta": params.beta})
+        write_flat(flat, meta, path)
+        return
     if params.lpips and params.heads is not None:
         flat.update(flatten(params.heads, "heads/"))
-    meta = {"format": FORMAT, "net": params.net}
     if params.lpips:
         meta["version"] = params.version
+    if params.variant != "vanilla":
+        meta["variant"] = params.variant
     write_flat(flat, meta, path)
 
 

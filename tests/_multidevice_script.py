@@ -94,6 +94,19 @@ def main() -> None:
     out["shard_map_loss_rel"] = rel(lsm, l1)
     out["shard_map_grad_x_rel"] = rel(gxsm, g1[1])
     out["shard_map_grad_params_rel"] = tree_rel(gpsm, g1[0])
+
+    # The family: DISTS and ST-LPIPS shard the same way (value and gradient w.r.t. x).
+    for name, p in (
+        ("dists", lpips_jax.load("dists")),
+        ("alex_st", lpips_jax.load("alex", variant="shift_tolerant")),
+    ):
+        gx = jax.jit(jax.grad(loss, 1))
+        v1, g1x = dist(p, x, y), gx(p, x, y)
+        pr = jax.device_put(p, replicated)
+        v8, g8x = dist(pr, xs, ys), gx(pr, xs, ys)
+        out[f"{name}_jit_distance_rel"] = rel(v8, v1)
+        out[f"{name}_jit_grad_x_rel"] = rel(g8x, g1x)
+        out[f"{name}_sharded_over_batch"] = v8.sharding.is_equivalent_to(batch, 1)
     print(json.dumps(out))
 
 

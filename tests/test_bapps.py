@@ -828,3 +828,43 @@ def test_options_are_keyword_only():
     ):  # fmt: skip
         params = list(inspect.signature(fn).parameters.values())
         assert all(p.kind is p.KEYWORD_ONLY for p in params[positional:]), fn.__name__
+
+
+@pytest.mark.parametrize("argv", [["--net", "dists"], ["--net", "alex", "--variant", "shift_tolerant"]])
+def test_cli_eval_scores_the_family(prepared, tmp_path, argv):
+    """``eval --net dists`` and ``--variant shift_tolerant`` score DISTS and ST-LPIPS: the
+    same scores as evaluating ``distance`` with those params as a plain callable (the
+    other code path: per pair, no shared reference features)."""
+    import lpips_jax
+    from lpips_jax.cli import main
+
+    out = tmp_path / "scores.json"
+    assert (
+        main(
+            [
+                "eval",
+                *argv,
+                "--tfds-dir",
+                str(prepared),
+                "--batch-size",
+                "8",
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    got = json.loads(out.read_text())
+    p = lpips_jax.load("dists") if "dists" in argv else lpips_jax.load("alex", variant="shift_tolerant")
+    want = lpips_jax.evaluate(lambda x, y: lpips_jax.distance(p, x, y), data_dir=prepared, batch_size=8)
+    for task in ("2afc", "jnd"):
+        assert got[task] == pytest.approx(want[task], abs=1e-6)
+
+
+def test_cli_train_refuses_the_family(tmp_path, capsys):
+    from lpips_jax.cli import main
+
+    for argv in (["--net", "dists"], ["--variant", "shift_tolerant"]):
+        assert main(["train", *argv, "--out", str(tmp_path / "o.safetensors"), "--no-progress"]) == 2
+        assert "is not trainable here" in capsys.readouterr().err

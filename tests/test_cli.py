@@ -119,7 +119,7 @@ def test_example_images_vgg(examples_dir):
     r = run("dist", "--net", "vgg", "--json", ref, p1)
     assert r.returncode == 0, r.stderr
     obj = json.loads(last_line(r.stdout))
-    assert obj.keys() == {"a", "b", "net", "version", "distance"}
+    assert obj.keys() == {"a", "b", "net", "version", "variant", "distance"}
     assert (obj["a"], obj["b"], obj["net"], obj["version"]) == (str(ref), str(p1), "vgg", "0.1")
     d1 = obj["distance"]
     # Published values of the official model (examples README): 0.569 and 0.422.
@@ -593,3 +593,23 @@ def test_fmt_round_trips_float32():
     buf = io.StringIO()
     print(cli.fmt(np.float32(0.1)), file=buf)
     assert buf.getvalue() == "0.1\n"
+
+
+def test_dist_family_and_map_without_dists(tmp_path, photos, capsys):
+    """``dist --net dists`` / ``--variant shift_tolerant`` print the library's numbers;
+    ``map --net dists`` is a usage error (DISTS has no map)."""
+    import lpips_jax
+
+    a, b = save(photos[0], tmp_path / "a.png"), save(photos[1], tmp_path / "b.png")
+    pair = [(u8(photos[0]), u8(photos[1]))]
+    for argv, p in (
+        (["--net", "dists"], lpips_jax.load("dists")),
+        (["--variant", "shift_tolerant"], lpips_jax.load("alex", variant="shift_tolerant")),
+    ):
+        assert cli.main(["dist", *argv, "--json", str(a), str(b)]) == 0
+        obj = json.loads(last_line(capsys.readouterr().out))
+        assert obj["net"] == p.net and obj["variant"] == p.variant
+        np.testing.assert_allclose(obj["distance"], ref_distances(p, pair)[0], **TOL)
+    assert cli.main(["map", "--net", "dists", str(a), str(b), "-o", str(tmp_path / "m.png")]) == 2
+    assert "DISTS defines no spatial map" in capsys.readouterr().err
+    assert not (tmp_path / "m.png").exists()

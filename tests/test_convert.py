@@ -360,3 +360,58 @@ def test_state_dict_wrapped_in_dict(tv, tmp_path):
     out = tmp_path / "o.safetensors"
     assert convert_main(["--net", "squeeze", "--trunk", str(tmp_path / "ckpt.pth"), "--out", str(out)]) == 0
     _assert_exact(load_file(str(out)), _expected_trunk(sd))
+
+
+# ---- the metric family: the shipped files are what our converter makes of the sources ----
+
+
+def _family_sources():
+    pytest.importorskip("DISTS_pytorch")
+    pytest.importorskip("stlpips_pytorch")
+    import importlib.util
+
+    def folder(pkg):
+        return Path(importlib.util.find_spec(pkg).submodule_search_locations[0])
+
+    return folder("DISTS_pytorch") / "weights.pt", folder("stlpips_pytorch") / "weights" / "vST0.0"
+
+
+def test_family_sources_convert_to_the_shipped_files(tmp_path):
+    """DISTS_pytorch's weights.pt and stlpips-pytorch's two state dicts, converted here,
+    give the shipped tensors bit for bit (alpha/beta as (1475,); ST trunk HWIO, heads)."""
+    dists_pt, st_dir = _family_sources()
+    runs = [(["--net", "dists", "--dists-weights", str(dists_pt)], "dists_weights.safetensors")]
+    for net in ("alex", "vgg"):
+        src = st_dir / f"{net}_shift_tolerant.pth"
+        runs.append((["--net", net, "--stlpips-state-dict", str(src)], f"{net}_shift_tolerant.safetensors"))
+    for args, name in runs:
+        out = tmp_path / name
+        assert convert_main([*args, "--out", str(out)]) == 0
+        got, want = load_file(str(out)), load_file(str(REPO / "weights" / name))
+        assert got.keys() == want.keys(), name
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{name} {k}")
+    # and the tensors are the sources' own: alpha by hand, one ST conv kernel transposed
+    w = torch.load(str(dists_pt), map_location="cpu", weights_only=True)
+    np.testing.assert_array_equal(load_file(str(tmp_path / "dists_weights.safetensors"))["dists/alpha"],
+                                  w["alpha"].numpy().reshape(-1))  # fmt: skip
+    sd = torch.load(str(st_dir / "alex_shift_tolerant.pth"), map_location="cpu", weights_only=True)
+    k = load_file(str(tmp_path / "alex_shift_tolerant.safetensors"))["trunk/features_5/kernel"]
+    np.testing.assert_array_equal(k, sd["net.slice2.5.weight"].numpy().transpose(2, 3, 1, 0))
+
+
+def test_stlpips_state_dict_with_a_wrong_blur_filter_fails(tmp_path, capsys):
+    _, st_dir = _family_sources()
+    sd = torch.load(str(st_dir / "alex_shift_tolerant.pth"), map_location="cpu", weights_only=True)
+    sd["net.slice1.1.filt"] = sd["net.slice1.1.filt"] * 2
+    torch.save(sd, tmp_path / "bad.pth")
+    out = tmp_path / "bad.safetensors"
+    assert (
+        convert_main(["--net", "alex", "--stlpips-state-dict", str(tmp_path / "bad.pth"), "--out", str(out)])
+        == 1
+    )
+    assert "net.slice1.1.filt: not the 3x3 binomial blur filter" in capsys.readouterr().err
+    assert not out.exists()
+    src = str(st_dir / "alex_shift_tolerant.pth")
+    assert convert_main(["--net", "squeeze", "--stlpips-state-dict", src, "--out", str(out)]) == 1
+    assert "exists for net 'alex' and 'vgg', not 'squeeze'" in capsys.readouterr().err

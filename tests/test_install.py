@@ -20,6 +20,10 @@ from conftest import REPO
 
 import lpips_jax
 from lpips_jax._registry import SHIPPED
+from lpips_jax._weights import OPTIONAL, OPTIONAL_PACKAGE
+
+MAIN = {k: v for k, v in SHIPPED.items() if k not in OPTIONAL}
+LIMIT = 100 * 10**6  # the public index's largest file
 
 pytestmark = pytest.mark.slow
 
@@ -56,17 +60,19 @@ def wheel(tmp_path_factory):
 
 
 def test_wheel_contents(wheel):
+    """Every shipped file but the ST-LPIPS ones (a wheel of their own), under 100 MB."""
+    assert wheel.stat().st_size < LIMIT, wheel.stat().st_size
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         (ep,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         entry_points = z.read(ep).decode()
-        for name, sha in SHIPPED.items():
+        for name, sha in MAIN.items():
             data = z.read(f"lpips_jax/weights/{name}")
             assert hashlib.sha256(data).hexdigest() == sha, name
     assert "lpips_jax/weights/README.md" in names
     assert "lpips_jax/__init__.py" in names and "lpips_jax/cli/__init__.py" in names
     shipped = {n.split("/")[-1] for n in names if n.startswith("lpips_jax/weights/")}
-    assert {n for n in shipped if n.endswith(".safetensors")} == set(SHIPPED)
+    assert {n for n in shipped if n.endswith(".safetensors")} == set(MAIN)
     assert "[console_scripts]" in entry_points
     assert "lpips-jax = lpips_jax.cli:main" in entry_points
 
@@ -101,3 +107,41 @@ def test_installed_wheel_loads_offline(wheel, tmp_path):
     ref = float(lpips_jax.distance(lpips_jax.load("alex"), x, y))
     np.testing.assert_allclose(out["d"], ref, rtol=1e-6, atol=0)
     assert 0.01 < out["d"] < 2
+
+
+def test_st_weights_wheel_installs_beside_the_package(wheel, tmp_path):
+    """weights_st/ builds the ST-LPIPS files into a wheel under 100 MB; installed beside
+    the main wheel (outside the repository), load(..., variant="shift_tolerant") finds
+    them there and gives the repository's value."""
+    d = tmp_path / "st"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(d), str(REPO / "weights_st")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (st,) = d.glob("lpips_jax_metrics_st_weights-*.whl")
+    assert st.stat().st_size < LIMIT
+    with zipfile.ZipFile(st) as z:
+        for name in OPTIONAL:
+            assert hashlib.sha256(z.read(f"{OPTIONAL_PACKAGE}/{name}")).hexdigest() == SHIPPED[name]
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site)]
+        + [str(wheel), str(st)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    program = PROGRAM.replace('lpips_jax.load("alex")', 'lpips_jax.load("alex", variant="shift_tolerant")')
+    env = {k: v for k, v in os.environ.items() if k != "LPIPS_JAX_WEIGHTS"}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (64, 64, 3)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
+    ref = float(lpips_jax.distance(lpips_jax.load("alex", variant="shift_tolerant"), x, y))
+    np.testing.assert_allclose(out["d"], ref, rtol=1e-6, atol=0)

@@ -69,6 +69,16 @@ def test_shard_map(results):
 
 
 @pytest.mark.multidevice
+@pytest.mark.parametrize("metric", ["dists", "alex_st"])
+def test_family_under_named_sharding(results, metric):
+    """DISTS and ST-LPIPS: the batch split over 8 devices gives the single-device values
+    and gradients, and the output stays split."""
+    assert results[f"{metric}_jit_distance_rel"] <= TOL_VALUE
+    assert results[f"{metric}_jit_grad_x_rel"] <= TOL_GRAD
+    assert results[f"{metric}_sharded_over_batch"]
+
+
+@pytest.mark.multidevice
 def test_no_host_callbacks(results):
     """Runs on TPU: the compiled sharded training step calls back to no Python host."""
     assert not results["jit_grad_has_callback"]

@@ -1,10 +1,10 @@
 """XLA:CPU fast paths behind :mod:`lpips_jax._ops`: the only backend-specific code.
 
-Each form computes the same function as the plain one in ``_ops`` (tests compare them
-in float64); each is kept because an interleaved A/B of the whole distance showed it
-pays >= 15% on some benchmark row (``docs/speed.md``, "A/B of the CPU fast paths").
-Chosen per layer from the shapes, which are static; the thresholds were measured on
-AVX2 and AVX-512 x86 CPUs (2 cores).
+Each form computes the same conv as the plain one in ``_ops`` (tests compare them in
+float64); each is kept because an interleaved A/B of the whole distance showed it pays
+>= 15% on some benchmark row (``docs/speed.md``, "A/B of the CPU fast paths"). Chosen per
+layer from the shapes, which are static; the thresholds were measured on AVX-512 and
+re-checked by that A/B on an AVX2-only 2-core x86 CPU.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from lpips_jax._cpu import _conv
 
 # im2col: patches and one matmul; eigen: XLA's conv kept off YNNPACK; s2d: alex's strided
 # first conv differentiated as a space-to-depth conv; split: forward and derivatives in
-# different forms; sums: channel sums without a leading batch of 1.
-CONV_PATHS = frozenset({"im2col", "eigen", "s2d", "split"})
-FAST_PATHS = ("im2col", "eigen", "s2d", "split", "sums")
+# different forms. (Measured and removed: channel sums without a leading batch of 1, and a
+# max-pool derivative without select-and-scatter: <= 9% on every row.)
+FAST_PATHS = ("im2col", "eigen", "s2d", "split")
+CONV_PATHS = frozenset(FAST_PATHS)
 
 # Per-layer choice (forward form, derivative form), by output rows (N*oh*ow), map area,
 # kernel and patch size; see docs/speed.md for the per-layer timings behind each rule.
@@ -78,12 +79,3 @@ def conv2d(x, kernel, stride: int, padding: int, precision: Any, forms: frozense
     if fwd == jvp and fwd != "eigen":  # one form, JAX's own derivatives
         return _conv.conv(x, kernel, stride, padding, fwd, precision)
     return _conv.split_conv(x, kernel, stride, padding, fwd, jvp, precision)
-
-
-def channel_sum(a: jax.Array) -> jax.Array:
-    """``sum(a, -1, keepdims=True)`` with a leading 1 dropped: XLA:CPU's YNNPACK reductions
-    split their work along the leading axis, and with a batch of 1 the normalisation's
-    backward pass ran 7-25x slower (vgg 256x256, first tap)."""
-    if a.ndim > 2 and a.shape[0] == 1:
-        return jnp.sum(a[0], axis=-1, keepdims=True)[None]
-    return jnp.sum(a, axis=-1, keepdims=True)

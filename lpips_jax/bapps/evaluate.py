@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lpips_jax import _metric
+from lpips_jax._dists import DISTSParams
 from lpips_jax._metric import LPIPSParams
 from lpips_jax._outputs import progress_bar
 
@@ -265,7 +266,7 @@ def _callable_batch(metric: Metric, jit: bool) -> Callable:
 
 
 def _batcher(metric: Any, jit: bool) -> Callable:
-    if isinstance(metric, LPIPSParams):
+    if isinstance(metric, (LPIPSParams, DISTSParams)):
         return lambda images, pair: _lpips_batch(metric, images, pair)
     if not callable(metric):
         raise TypeError(
@@ -364,16 +365,22 @@ def _distances(run: Callable, source: Any, batch_size: int, bar: Any) -> tuple[t
 # ----------------------------------------------------------------------------- evaluate
 
 
-def resolve_metric(metric: Any, *, net: str = "alex", version: str = "0.1") -> tuple[Any, str]:
-    """A metric spec to ``(metric, name)``: LPIPSParams, callable, or a name.
+def resolve_metric(
+    metric: Any, *, net: str = "alex", version: str = "0.1", variant: str = "vanilla"
+) -> tuple[Any, str]:
+    """A metric spec to ``(metric, name)``: params, callable, or a name.
 
-    Names: ``"lpips"`` (``load(net, version)``), ``"baseline"`` (``lpips=False``),
-    ``"l2"``, ``"ssim"`` (Lab; ``"l2-rgb"``, ``"ssim-rgb"`` for RGB).
+    Names: ``"lpips"`` (``load(net, version, variant=variant)``; ``net="dists"`` for DISTS),
+    ``"baseline"`` (``lpips=False``), ``"l2"``, ``"ssim"`` (Lab; ``"l2-rgb"``, ``"ssim-rgb"``
+    for RGB).
     """
     from lpips_jax._weights import load
 
+    if isinstance(metric, DISTSParams):
+        return metric, "dists"
     if isinstance(metric, LPIPSParams):
-        return metric, "lpips" if metric.lpips else "baseline"
+        name = "lpips" if metric.lpips else "baseline"
+        return metric, name if metric.variant == "vanilla" else f"st-{name}"
     if isinstance(metric, str):
         named = {
             "l2": functools.partial(l2, colorspace="Lab"),
@@ -381,10 +388,12 @@ def resolve_metric(metric: Any, *, net: str = "alex", version: str = "0.1") -> t
             "ssim": functools.partial(dssim, colorspace="Lab"),
             "ssim-rgb": functools.partial(dssim, colorspace="RGB"),
         }
+        if metric == "lpips" and net == "dists":
+            return load("dists"), "dists"
         if metric == "lpips":
-            return load(net, version), "lpips"
+            return resolve_metric(load(net, version, variant=variant))
         if metric == "baseline":
-            return load(net, version, lpips=False), "baseline"
+            return resolve_metric(load(net, version, lpips=False, variant=variant))
         if metric in named:
             return named[metric], metric
         raise ValueError(
@@ -422,6 +431,7 @@ def evaluate(
     batch_size: int = 50,
     net: str = "alex",
     version: str = "0.1",
+    variant: str = "vanilla",
     jit: bool = True,
     progress: bool | None = False,
     return_distances: bool = False,
@@ -431,7 +441,8 @@ def evaluate(
     Args:
       metric: :class:`LPIPSParams`, a callable ``(x, y) -> (N,)`` (NHWC float in
         ``[-1, 1]``, jittable unless ``jit=False``), or a name: ``"lpips"``, ``"baseline"``,
-        ``"l2"``, ``"ssim"``, ``"l2-rgb"``, ``"ssim-rgb"`` (``net``/``version`` choose LPIPS).
+        ``"l2"``, ``"ssim"``, ``"l2-rgb"``, ``"ssim-rgb"`` (``net``/``version``/``variant``
+        choose LPIPS or ST-LPIPS; ``net="dists"`` with ``"lpips"``: DISTS).
       data: the BAPPS manual directory (tarballs or official folder); it is prepared into
         ``data_dir`` first (a no-op when done). ``None``: use what ``data_dir`` holds.
       data_dir: tensorflow-datasets data directory (default: tfds' own).
@@ -463,7 +474,7 @@ def evaluate(
         if explicit and "jnd" in tasks:
             raise ValueError("JND has no train split: use split='val' or tasks=('2afc',)")
         tasks = tuple(t for t in tasks if t != "jnd")
-    metric, name = resolve_metric(metric, net=net, version=version)
+    metric, name = resolve_metric(metric, net=net, version=version, variant=variant)
     run = _batcher(metric, jit)
     if data is not None:
         found = bapps.available(data)

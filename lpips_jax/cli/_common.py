@@ -91,15 +91,22 @@ WEIGHTS_HELP = "params file written by convert or by training"
 def model_options(
     *, net: str | None = None, version: str | None = None, weights: str | None = WEIGHTS_HELP
 ) -> argparse.ArgumentParser:
-    """``--net``, ``--version`` and, unless ``weights`` (its help) is ``None``, ``--weights``."""
-    from lpips_jax._checks import NETS, VERSIONS
+    """``--net``, ``--version``, ``--variant`` and, unless ``weights`` (its help) is ``None``,
+    ``--weights``."""
+    from lpips_jax._checks import NETS, VARIANTS, VERSIONS
 
     parent = argparse.ArgumentParser(add_help=False)
     g = parent.add_argument_group("model")
-    g.add_argument("--net", choices=NETS, default=net, help="trunk network (default: alex)")
+    g.add_argument(
+        "--net", choices=(*NETS, "dists"), default=net, help="LPIPS trunk, or dists for DISTS (default: alex)"
+    )
     g.add_argument(
         "--version", choices=VERSIONS, default=version, help="LPIPS head weights version (default: 0.1)"
     )
+    g.add_argument(
+        "--variant", choices=VARIANTS, default="vanilla",
+        help="shift_tolerant: ST-LPIPS (alex, vgg; default: vanilla)",
+    )  # fmt: skip
     if weights is not None:
         g.add_argument("--weights", metavar="FILE", help=weights)
     return parent
@@ -127,9 +134,13 @@ def load_params(args: argparse.Namespace) -> Any:
     import lpips_jax
 
     try:
+        if args.net == "dists":
+            if args.version not in (None, "0.1") or args.variant != "vanilla":
+                raise ValueError("--net dists takes no --version or --variant")
+            return lpips_jax.load("dists", path=args.weights)
         if args.weights:
-            return lpips_jax.load(args.net, version=args.version, path=args.weights)
-        return lpips_jax.load(args.net or "alex", version=args.version or "0.1")
+            return lpips_jax.load(args.net, version=args.version, variant=args.variant, path=args.weights)
+        return lpips_jax.load(args.net or "alex", version=args.version or "0.1", variant=args.variant)
     except (lpips_jax.WeightsError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"cannot load weights: {e}") from e
 

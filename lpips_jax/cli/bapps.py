@@ -141,6 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             net=args.net,
             version=args.version,
+            variant=args.variant,
             progress=args.progress,
         )
     except (BappsDataError, WeightsError, FileNotFoundError, ValueError, ImportError) as e:
@@ -157,6 +158,11 @@ def run_train(args: argparse.Namespace) -> int:
     from lpips_jax.bapps import BappsDataError
     from lpips_jax.bapps.train import EXPORT_HINT, train
 
+    if args.net == "dists" or args.variant != "vanilla":
+        raise UsageError(
+            f"train fits LPIPS heads on torchvision's trunks: --net {args.net} --variant {args.variant} "
+            "is not trainable here (DISTS and ST-LPIPS ship their published weights)"
+        )
     if args.epochs + args.epochs_decay < 1:
         raise UsageError(
             f"--epochs {args.epochs} --epochs-decay {args.epochs_decay}: expected at least one epoch in all"

@@ -193,7 +193,7 @@ def _run_pairs(
         batches = Batches(lambda x, y: distance_jit(params, x, y), bs, done, failed)
 
         def read(p: tuple) -> tuple:
-            return read_pair(p[1], p[2], resize=args.resize, net=params.net)
+            return read_pair(p[1], p[2], resize=args.resize, net=params.trunk_net)
 
         for (key, _, _), res, error in prefetch(pool, read, pairs, window=max(8, 4 * bs)):
             if error is not None:
@@ -257,7 +257,7 @@ def _emit_csv(path: str | None, header: tuple[str, ...], rows: list[tuple]) -> N
 
 def _feature_bytes(params: lpips_jax.LPIPSParams, w: int, h: int) -> int:
     """Bytes of the cached features of one ``w x h`` image."""
-    m = lpips_jax.min_size(params.net)
+    m = lpips_jax.min_size(params.trunk_net)
     spec = jax.ShapeDtypeStruct((1, max(h, m), max(w, m), 3), np.float32)
     taps = jax.eval_shape(features01, params, spec)
     return sum(math.prod(t.shape) * t.dtype.itemsize for t in taps)
@@ -334,7 +334,7 @@ class _AllPairs:
 
         def read(i: int) -> tuple[np.ndarray, lio.ImageInfo]:
             a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
-            check_min_size(self.paths[i], a, self.params.net)
+            check_min_size(self.paths[i], a, self.params.trunk_net)
             return device_pixels(a), info
 
         window = max(8, 4 * self.batch)

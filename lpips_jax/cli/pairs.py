@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     )
     p.add_argument("a", metavar="A", help="first image")
     p.add_argument("b", metavar="B", help="second image")
-    p.add_argument("--json", action="store_true", help='print {"a", "b", "net", "version", "distance"}')
+    p.add_argument(
+        "--json", action="store_true", help='print {"a", "b", "net", "version", "variant", "distance"}'
+    )
     p.set_defaults(func=cmd_dist)
 
     p = sub.add_parser(
@@ -85,13 +87,14 @@ def _read_pair_or_exit(args: argparse.Namespace, net: str) -> tuple:
 def cmd_dist(args: argparse.Namespace) -> int:
     """``dist A B``: print the distance (the last line of stdout), or a JSON object."""
     params = load_params(args)
-    x, y, infos = _read_pair_or_exit(args, params.net)
+    x, y, infos = _read_pair_or_exit(args, params.trunk_net)
     notes = Notes()
     notes.add(infos)
     notes.report()
     d = float(np.asarray(distance_jit(params, x[None], y[None]))[0])
     if args.json:
         out = {"a": args.a, "b": args.b, "net": params.net, "version": params.version}
+        out["variant"] = params.variant
         out["distance"] = float(fmt(d)) if math.isfinite(d) else None
         print(json.dumps(out))
     else:
@@ -103,10 +106,12 @@ def cmd_map(args: argparse.Namespace) -> int:
     """``map A B -o MAP.png``: the spatial distance map as a colour heat map PNG."""
     if not args.output and not args.npy:
         raise UsageError("map: give -o MAP.png (heat map) and/or --npy MAP.npy (raw map)")
+    if args.net == "dists":
+        raise UsageError("map: DISTS defines no spatial map (its terms are statistics of whole images)")
     check_output(args.output, "-o")
     check_output(args.npy, "--npy")
     params = load_params(args)
-    x, y, infos = _read_pair_or_exit(args, params.net)
+    x, y, infos = _read_pair_or_exit(args, params.trunk_net)
     notes = Notes()
     notes.add(infos)
     notes.report()
@@ -151,6 +156,7 @@ def _render(args: argparse.Namespace, params, x: np.ndarray, dmap: np.ndarray, m
         **meta,
         "net": params.net,
         "version": params.version,
+        "variant": params.variant,
         "a": args.a,
         "b": args.b,
         "mean": mean,
