@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         elif whole:
             if args.trunk or args.heads or (args.lpips_state_dict and args.stlpips_state_dict):
                 raise ConversionError(
-                    "--lpips-state-dict and --stlpips-state-dict replace --trunk and --heads: give one"
+                    "--lpips-state-dict or --stlpips-state-dict replaces --trunk and --heads: "
+                    "give one or the other"
                 )
             variant = "shift_tolerant" if args.stlpips_state_dict else "vanilla"
             trunk, heads = convert_lpips_state_dict(read_state_dict(whole), args.net, whole, variant)

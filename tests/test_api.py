@@ -82,6 +82,7 @@ def test_load_signature():
         ("net", pk, None),
         ("version", pk, None),
         ("lpips", pk, True),
+        ("variant", ko, "vanilla"),
         ("path", ko, None),
     ]
     p = lpips_jax.load("alex", "0.0", False)

@@ -259,7 +259,7 @@ def no_trunk(monkeypatch):
         raise _Reached
 
     # every function path builds its trunk here, after the input checks
-    monkeypatch.setattr(lpips_jax._metric, "_trunk_apply", stop)
+    monkeypatch.setattr(lpips_jax._metric, "_trunk_fn", stop)
 
 
 def test_range_small_overshoot_allowed(alex_params, no_trunk):

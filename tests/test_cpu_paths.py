@@ -166,16 +166,6 @@ def test_split_conv_derivatives_of_every_order(case):
         np.testing.assert_allclose(hv, jax.jvp(jax.grad(plain), (x, k), (tx, tk))[1], rtol=1e-9, atol=1e-12)
 
 
-def test_channel_sum_forms_agree():
-    """The CPU channel sum (a leading 1 dropped) is the plain one, value and gradient."""
-    with jax.enable_x64():
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 4, 7)))
-        plain = lambda a: jnp.sum(jnp.sum(a, -1, keepdims=True) ** 2)  # noqa: E731
-        fast = lambda a: jnp.sum(_cpu.channel_sum(a) ** 2)  # noqa: E731
-        np.testing.assert_allclose(fast(a), plain(a), rtol=1e-14)
-        np.testing.assert_allclose(jax.grad(fast)(a), jax.grad(plain)(a), rtol=1e-14)
-
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="about XLA:CPU")
 def test_eigen_form_keeps_convs_off_ynnpack():
     """What the "eigen" forms are for: XLA:CPU (jaxlib 0.10) runs a float32 conv through

@@ -31,6 +31,7 @@ import pytest
 from _loss_helpers import photo_pair
 
 import lpips_jax
+from lpips_jax import _ops
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -95,9 +96,16 @@ def _eqns(jaxpr):
                     yield from _eqns(sub)
 
 
+def _jaxpr(fn, *args):
+    """``fn``'s jaxpr on the plain path (what GPU and TPU run; the CPU forms would add the
+    other branch of each conv's ``platform_dependent``)."""
+    with _ops.fast_paths(False):
+        return jax.make_jaxpr(fn)(*args).jaxpr
+
+
 def _contractions(fn, *args, shapes=False):
     """(input dtypes, precision[, input shapes]) of every convolution and dot in ``fn``'s jaxpr."""
-    jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
+    jaxpr = _jaxpr(fn, *args)
     out = []
     for eqn in _eqns(jaxpr):
         if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
@@ -128,7 +136,7 @@ def test_dtype_reaches_the_trunk_only(alex_params, n):
     channels = lpips_jax.tap_channels("alex")
     sums = [  # channel sums: the heads' and the normalisation's
         str(eqn.invars[0].aval.dtype)
-        for eqn in _eqns(jax.make_jaxpr(f)(alex_params, x).jaxpr)
+        for eqn in _eqns(_jaxpr(f, alex_params, x))
         if eqn.primitive.name == "reduce_sum"
         and eqn.invars[0].aval.shape[-1:] in {(c,) for c in channels}
         and eqn.params["axes"] == (eqn.invars[0].aval.ndim - 1,)
