@@ -73,10 +73,11 @@ def test_shard_map(results):
 def test_family_under_named_sharding(results, metric):
     """DISTS and ST-LPIPS: the batch split over 8 devices gives the single-device values
     and gradients, and the output stays split."""
-    # DISTS' covariance is E[ab] - E[a]E[b] in float32 (the official formula): its rounding
-    # follows the reduction order, which the batch split changes (seen: 5.6e-5 relative).
-    assert results[f"{metric}_jit_distance_rel"] <= (1e-4 if metric == "dists" else TOL_VALUE)
-    assert results[f"{metric}_jit_grad_x_rel"] <= TOL_GRAD
+    assert results[f"{metric}_jit_distance_rel"] <= TOL_VALUE
+    # DISTS' gradient goes through its covariance E[ab] - E[a]E[b] in float32 (the official
+    # formula), whose rounding follows the reduction order that the batch split changes
+    # (seen: 5.6e-5 of the gradient's scale).
+    assert results[f"{metric}_jit_grad_x_rel"] <= (1e-4 if metric == "dists" else TOL_GRAD)
     assert results[f"{metric}_sharded_over_batch"]
 
 
