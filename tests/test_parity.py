@@ -118,16 +118,18 @@ def _check_pair(net, version, lpips_flag, x, y):
         _assert_close(m, ref_map, lpips_flag, "distance_map")
     else:
         # Per pixel, without heads, the official float32 map itself is up to ~2e-5 (relative)
-        # away from its float64 value (measured: alex 256x256 noise, 1.9e-5; ours 4.8e-6).
-        # So: 1e-5 relative against the official model run in float64, and 5e-5 against
-        # its float32 run.
+        # away from its float64 value (measured: alex 256x256 noise, 1.9e-5). So: 5e-5
+        # against its float32 run, and against its float64 run at most twice the official
+        # float32 map's own distance from it on this input (at least 1e-5): a bound set by
+        # the reference's spread, not by one machine's rounding (an AVX2 CPU gave 1.6e-5).
         np.testing.assert_allclose(
             np.asarray(m), ref_map, rtol=5 * RTOL_BASELINE, atol=0, err_msg="distance_map f32"
         )
+        m64 = _official_map64(net, version, x, y)
+        spread = float(np.max(np.abs(ref_map - m64) / np.abs(m64)))
         np.testing.assert_allclose(
-            np.asarray(m), _official_map64(net, version, x, y), rtol=RTOL_MAP64, atol=0,
-            err_msg="distance_map vs f64",
-        )  # fmt: skip
+            np.asarray(m), m64, rtol=max(RTOL_MAP64, 2 * spread), atol=0, err_msg="distance_map vs f64"
+        )
     return np.asarray(d)
 
 
