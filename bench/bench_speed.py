@@ -163,6 +163,7 @@ def _flops(stage):
 
 
 def _worker_official(device):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     import lpips
     import numpy as np
     import torch
@@ -175,7 +176,6 @@ def _worker_official(device):
         if net not in models:
             import warnings
 
-            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
             from _family_refs import official_dists, official_stlpips
 
             with warnings.catch_warnings():

@@ -81,10 +81,6 @@ def _validate_params(params: Any) -> Params:
     return params
 
 
-def _trunk_net(params: Params) -> str:
-    return "dists" if isinstance(params, DISTSParams) else params.trunk_net
-
-
 def scale_inputs(x: jax.Array, version: str, normalize: Any) -> jax.Array:
     """``normalize`` maps [0, 1] to [-1, 1]; v0.1 then applies the scaling layer.
 
@@ -167,7 +163,7 @@ def features(
     ``x`` is ``(N, H, W, 3)`` or ``(H, W, 3)`` (then the features have no batch axis).
     """
     params = _validate_params(params)
-    _checks.check_images(x, x, _trunk_net(params))
+    _checks.check_images(x, x, params.trunk_net)
     _checks.check_range("x", x, normalize)
     xb, unbatched = _checks.as_batch(x)
     feats = _features(params, xb, normalize, dtype, remat, precision)
@@ -188,7 +184,7 @@ def _head_maps(params: LPIPSParams, fx, fy) -> tuple[jax.Array, ...]:
 
 def _prepare(params, x, y, normalize):
     params = _validate_params(params)
-    _checks.check_images(x, y, _trunk_net(params))
+    _checks.check_images(x, y, params.trunk_net)
     _checks.check_range("x", x, normalize)
     _checks.check_range("y", y, normalize)
     xb, unbatched = _checks.as_batch(x)

@@ -238,7 +238,7 @@ def load(
         if file_net == "dists":
             if net is not None:
                 raise WeightsError(f"{where} holds DISTS params, but net={net!r} was asked for")
-            return _load_dists(path)
+            return _dists_params(flat, where)
         if file_net not in _checks.NETS:
             raise WeightsError(f"{where}: metadata net={file_net!r} is not a known net")
         if net is not None and net != file_net:
@@ -316,8 +316,6 @@ def _load_dists(path) -> DISTSParams:
         _check_format(meta, str(path))
         if meta.get("net") != "dists":
             raise WeightsError(f"{path} holds net {meta.get('net')!r}, but net='dists' was asked for")
-        if not any(k.startswith("trunk/") for k in flat):  # alpha and beta only
-            flat = {**_shipped("vgg_trunk.safetensors")[0], **flat}
         return _dists_params(flat, str(path))
     trunk, _ = _shipped("vgg_trunk.safetensors")
     weights, _ = _shipped(DISTS_FILE)
@@ -325,6 +323,8 @@ def _load_dists(path) -> DISTSParams:
 
 
 def _dists_params(flat: dict, where: str) -> DISTSParams:
+    if not any(k.startswith("trunk/") for k in flat):  # alpha and beta only: the shipped trunk
+        flat = {**_shipped("vgg_trunk.safetensors")[0], **flat}
     stray = sorted(k for k in flat if not k.startswith(("trunk/", "dists/")))
     if stray:
         raise WeightsError(f"{where}: unexpected tensors for DISTS:\n" + "\n".join(f" + {k}" for k in stray))
