@@ -30,6 +30,16 @@ from lpips_jax.io import ImageError, ImageInfo, read_image
 
 __version__ = "0.2.0"
 
+
+def __getattr__(name: str):
+    # lpips_jax.nnx imports flax.nnx, which plain use of the library does not need.
+    if name == "nnx":
+        import importlib
+
+        return importlib.import_module("lpips_jax.nnx")
+    raise AttributeError(f"module 'lpips_jax' has no attribute {name!r}")
+
+
 __all__ = [
     "DISTSParams",
     "ImageError",

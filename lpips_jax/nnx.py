@@ -1,0 +1,213 @@
+"""Flax NNX front end: the metrics as an NNX module and as an NNX evaluation metric.
+
+    lp = lpips_jax.nnx.LPIPS("alex")  # or LPIPS(params=lpips_jax.load(...))
+    d = lp(x, y)  # exactly lpips_jax.distance(lp.params, x, y): (N,) or ()
+
+    mean = lpips_jax.nnx.MeanDistance("alex")  # an nnx.Metric: update, compute, reset
+    mean.update(x=x, y=y)
+    mean.compute()  # () float32: the mean over every pair given since the last reset
+
+The weights are held in :class:`LPIPSWeights`, an ``nnx.Variable`` that is not an
+``nnx.Param``: ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` and ``nnx.grad`` (whose
+default is ``nnx.Param``) leave them as they are, and ``nnx.state(model, nnx.Param)``
+leaves them out. Images follow the library's contract: NHWC ``(N, H, W, 3)`` or
+``(H, W, 3)`` floats in ``[-1, 1]`` (``[0, 1]`` with ``normalize=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lpips_jax._dists import DISTSParams
+from lpips_jax._metric import LPIPSParams, _validate_params, distance
+from lpips_jax._weights import load
+
+__all__ = ["LPIPS", "LPIPSWeights", "MeanDistance"]
+
+
+class LPIPSWeights(nnx.Variable):
+    """The frozen weights of a metric: an ``nnx.Variable`` that is not an ``nnx.Param``."""
+
+
+def _is_variable(v: Any) -> bool:
+    return isinstance(v, nnx.Variable)
+
+
+def _resolve_params(net, version, lpips, variant, path, params) -> LPIPSParams | DISTSParams:
+    """``params`` checked, or ``lpips_jax.load(net, version, lpips, ...)``; not both."""
+    if params is None:
+        return load(net, version, lpips, variant=variant, path=path)
+    given = [
+        f"{name}={value!r}"
+        for name, value, default in (
+            ("net", net, None),
+            ("version", version, None),
+            ("lpips", lpips, True),
+            ("variant", variant, "vanilla"),
+            ("path", path, None),
+        )
+        if not (value is default or (isinstance(value, str) and value == default))
+    ]
+    if given:
+        raise TypeError(
+            f"params= takes loaded params instead of the arguments of lpips_jax.load: "
+            f"got params and {', '.join(given)}"
+        )
+    return _validate_params(params)
+
+
+class LPIPS(nnx.Module):
+    """A metric of the family (LPIPS, ST-LPIPS, DISTS) as a Flax NNX module.
+
+    ``LPIPS(net, *, version, lpips, variant, path)`` loads with :func:`lpips_jax.load`;
+    ``LPIPS(params=p)`` takes params already loaded (``LPIPSParams`` or ``DISTSParams``).
+    ``net``, ``version``, ``lpips`` and ``variant`` are plain (static) attributes
+    (``version`` and ``lpips`` are ``None`` for DISTS); the arrays are
+    :class:`LPIPSWeights` variables under ``weights``, and :attr:`params` rebuilds the
+    params pytree from them, so every function of the library applies to it.
+    """
+
+    def __init__(
+        self,
+        net: str | None = None,
+        *,
+        version: str | None = None,
+        lpips: bool = True,
+        variant: str = "vanilla",
+        path: Any = None,
+        params: LPIPSParams | DISTSParams | None = None,
+    ):
+        params = _resolve_params(net, version, lpips, variant, path, params)
+        self.net = params.net
+        self.version = params.version
+        self.lpips = params.lpips if isinstance(params, LPIPSParams) else None
+        self.variant = params.variant
+        if isinstance(params, DISTSParams):
+            arrays = {"trunk": params.trunk, "alpha": params.alpha, "beta": params.beta}
+        else:
+            arrays = {"trunk": params.trunk, "heads": params.heads}
+        self.weights = nnx.data(jax.tree.map(LPIPSWeights, arrays))
+
+    @property
+    def params(self) -> LPIPSParams | DISTSParams:
+        """The params pytree of the current weights (tracers inside NNX transforms)."""
+        arrays = jax.tree.map(lambda v: v.get_value(), self.weights, is_leaf=_is_variable)
+        if self.net == "dists":
+            return DISTSParams(**arrays)
+        return LPIPSParams(
+            **arrays, net=self.net, version=self.version, lpips=self.lpips, variant=self.variant
+        )
+
+    def __call__(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        normalize: bool = False,
+        dtype: Any = None,
+        remat: bool = False,
+        precision: Any = None,
+    ) -> jax.Array:
+        """:func:`lpips_jax.distance` of ``x`` and ``y``: ``(N,)`` or ``()`` float32."""
+        return distance(self.params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+
+
+# Compute options of MeanDistance, fixed at construction (update's keywords are data).
+_OPTIONS = ("normalize", "dtype", "precision")
+
+
+class MeanDistance(nnx.Metric):
+    """The mean distance over every pair given to :meth:`update` since the last reset.
+
+    ``metric`` says which metric: a net name (``"alex"``, ``"dists"``, ... as for
+    :func:`lpips_jax.load`), params already loaded, or an :class:`LPIPS` module (whose
+    weights it then shares). ``normalize``, ``dtype`` and ``precision`` are the compute
+    options of :func:`lpips_jax.distance`. The sum (float32) and count (int32) are
+    ``nnx.metrics.MetricState`` variables; they are plain ``jnp`` reductions, so a batch
+    sharded over devices adds up to the global sum. Works in ``nnx.MultiMetric``.
+    """
+
+    def __init__(
+        self,
+        metric: str | LPIPSParams | DISTSParams | LPIPS = "alex",
+        *,
+        normalize: bool = False,
+        dtype: Any = None,
+        precision: Any = None,
+    ):
+        if isinstance(metric, str):
+            metric = LPIPS(metric)
+        elif isinstance(metric, (LPIPSParams, DISTSParams)):
+            metric = LPIPS(params=metric)
+        elif not isinstance(metric, LPIPS):
+            raise TypeError(
+                f"metric has type {type(metric).__name__}: expected a net name (str), "
+                "LPIPSParams or DISTSParams, or an lpips_jax.nnx.LPIPS module"
+            )
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize={normalize!r}: expected True or False")
+        self.module = metric
+        self.normalize = normalize
+        self.dtype = dtype
+        self.precision = precision
+        self.total = nnx.metrics.MetricState(jnp.zeros((), jnp.float32))
+        self.count = nnx.metrics.MetricState(jnp.zeros((), jnp.int32))
+
+    def reset(self) -> None:
+        """Forget every pair: the sum and count go back to 0."""
+        self.total[...] = jnp.zeros((), jnp.float32)
+        self.count[...] = jnp.zeros((), jnp.int32)
+
+    def update(
+        self,
+        *,
+        x: Any = None,
+        y: Any = None,
+        distances: Any = None,
+        mask: Any = None,
+        **others: Any,
+    ) -> None:
+        """Add pairs: images ``x`` and ``y`` (``(N, H, W, 3)``, or ``(H, W, 3)`` for one
+        pair), or their ``distances`` ``(N,)`` or ``()`` computed elsewhere.
+
+        ``mask`` (the distances' shape; nonzero = counted) leaves out e.g. a last batch's
+        padding. Other keywords are ignored, as ``nnx.MultiMetric`` passes every metric
+        all of its keywords; the compute options are refused here (they are set at
+        construction).
+        """
+        options = sorted(set(others) & set(_OPTIONS))
+        if options:
+            raise TypeError(
+                f"update got {', '.join(options)}: compute options are set at construction, "
+                f"e.g. MeanDistance(..., {options[0]}=...)"
+            )
+        if distances is None:
+            if x is None or y is None:
+                got = "neither" if x is None and y is None else ("only y" if x is None else "only x")
+                raise TypeError(f"update takes x= and y= (image pairs) or distances=: got {got}")
+            d = self.module(x, y, normalize=self.normalize, dtype=self.dtype, precision=self.precision)
+        else:
+            if x is not None or y is not None:
+                raise TypeError("update takes x= and y= (image pairs) or distances=: got both")
+            d = jnp.asarray(distances)
+            if d.ndim > 1:
+                raise ValueError(f"distances has shape {d.shape}: expected (N,) or (), one value per pair")
+        d = d.astype(jnp.float32)
+        if mask is None:
+            self.total[...] += jnp.sum(d)
+            self.count[...] += d.size
+            return
+        keep = jnp.asarray(mask)
+        if keep.shape != d.shape:
+            raise ValueError(f"mask has shape {keep.shape}: expected {d.shape}, one entry per pair")
+        keep = keep.astype(bool)
+        self.total[...] += jnp.sum(jnp.where(keep, d, 0))
+        self.count[...] += jnp.sum(keep, dtype=jnp.int32)
+
+    def compute(self) -> jax.Array:
+        """The mean distance, ``()`` float32 (NaN when no pair was given)."""
+        return self.total[...] / self.count[...].astype(jnp.float32)

@@ -1,0 +1,346 @@
+"""The NNX front end (lpips_jax.nnx): the module equals ``distance`` under NNX transforms,
+its weights are not ``nnx.Param`` (an optimizer leaves them bit-identical), and the
+``MeanDistance`` metric accumulates the mean of ``distance`` over batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _loss_helpers import ENTRY_RTOL, photo_pair
+from flax import nnx
+
+import lpips_jax
+import lpips_jax.nnx as lnnx
+
+SIZE = 32  # alex needs at least 31x31
+SCRIPT = Path(__file__).resolve().parent / "_nnx_sharded_script.py"
+
+
+def assert_close(ours, ref, rtol=ENTRY_RTOL):
+    """Within ``rtol`` of the reference's largest magnitude (float32 rounding of the same
+    sums: the module runs the very code of ``distance``)."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    assert np.all(np.isfinite(ours))
+    assert np.abs(ours - ref).max() <= rtol * np.abs(ref).max(), (ours, ref)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return photo_pair(4, SIZE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def alex_module(alex_params):
+    return lnnx.LPIPS(params=alex_params)
+
+
+def _same_tree(a, b) -> bool:
+    """The same pytree (static fields included, in the treedef), arrays bit-identical."""
+    if jax.tree.structure(a) != jax.tree.structure(b):
+        return False
+    return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _arrays(p) -> dict:
+    """The array fields of LPIPS params, as the module holds them."""
+    return {"trunk": p.trunk, "heads": p.heads}
+
+
+# ---- the module ----------------------------------------------------------------------
+
+
+def test_attribute_and_import():
+    assert lpips_jax.nnx is lnnx
+    assert issubclass(lnnx.LPIPSWeights, nnx.Variable)
+    assert not issubclass(lnnx.LPIPSWeights, nnx.Param)
+
+
+@pytest.mark.parametrize(
+    "load_kw",
+    [
+        {"net": "alex"},
+        {"net": "alex", "version": "0.0", "lpips": False},
+        {"net": "vgg"},
+        {"net": "alex", "variant": "shift_tolerant"},
+        {"net": "dists"},
+    ],
+    ids=["alex", "alex-0.0-nolpips", "vgg", "alex-st", "dists"],
+)
+def test_module_params_are_the_loaded_params(load_kw):
+    """The module loads what ``load`` loads and gives it back as the same pytree (type,
+    static fields in the treedef, arrays bit-identical): as ``__call__`` is ``distance``
+    of that pytree, the distances are those of ``distance``."""
+    p = lpips_jax.load(**load_kw)
+    for m in (lnnx.LPIPS(**load_kw), lnnx.LPIPS(params=p)):
+        assert (m.net, m.version, m.variant) == (p.net, p.version, p.variant)
+        assert type(m.params) is type(p) and _same_tree(m.params, p)
+
+
+def test_module_equals_distance(alex_module, alex_params, pair):
+    """Batched and unbatched."""
+    x, y = pair
+    assert_close(alex_module(x, y), lpips_jax.distance(alex_params, x, y))
+    assert_close(alex_module(x[0], y[0]), lpips_jax.distance(alex_params, x[0], y[0]))
+
+
+def test_call_options_are_those_of_distance(alex_module, monkeypatch):
+    """``__call__``'s keyword-only options are exactly ``distance``'s (defaults included),
+    and reach it as given, with the module's params."""
+    import inspect
+
+    def keyword_only(f):
+        sig = inspect.signature(f)
+        return [(n, p.default) for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+    assert keyword_only(lnnx.LPIPS.__call__) == keyword_only(lpips_jax.distance)
+    calls = []
+
+    def recorder(params, x, y, **kw):
+        calls.append((params, x, y, kw))
+        return jnp.zeros((2,), jnp.float32)
+
+    monkeypatch.setattr(lnnx, "distance", recorder)
+    options = {"normalize": True, "dtype": jnp.bfloat16, "remat": True, "precision": "highest"}
+    alex_module("x", "y", **options)
+    metric_options = {k: v for k, v in options.items() if k != "remat"}
+    metric = lnnx.MeanDistance(alex_module, **metric_options)
+    assert metric.module is alex_module  # a module given is shared, not copied
+    metric.update(x="x", y="y")
+    assert int(metric.count[...]) == 2
+    (p1, *xy1, kw1), (p2, *xy2, kw2) = calls
+    assert xy1 == xy2 == ["x", "y"]
+    assert kw1 == options and kw2 == {**options, "remat": False}
+    assert _same_tree(p1, alex_module.params) and _same_tree(p2, alex_module.params)
+
+
+def test_under_nnx_jit(alex_module, alex_params, pair):
+    x, y = pair
+    ours = nnx.jit(lambda m, a, b: m(a, b))(alex_module, x, y)
+    assert_close(ours, lpips_jax.distance(alex_params, x, y))
+
+
+@pytest.fixture(scope="module")
+def ref_value_and_grad(alex_params, pair):
+    """``jax.value_and_grad`` of the mean ``distance`` w.r.t. ``x``."""
+    x, y = pair
+    return jax.value_and_grad(lambda a: lpips_jax.distance(alex_params, a, y).mean())(x)
+
+
+def test_value_and_grad_wrt_images(alex_module, pair, ref_value_and_grad):
+    """``nnx.value_and_grad`` w.r.t. ``x`` equals ``jax.value_and_grad`` of ``distance``;
+    the module itself (no ``nnx.Param``) gets an empty gradient."""
+    x, y = pair
+
+    def loss(m, a):
+        return m(a, y).mean()
+
+    value, (g_model, g_x) = nnx.value_and_grad(loss, argnums=(0, 1))(alex_module, x)
+    assert_close(value, ref_value_and_grad[0])
+    assert_close(g_x, ref_value_and_grad[1])
+    assert jax.tree.leaves(g_model) == []
+
+
+def test_jit_grad_remat(alex_module, pair, ref_value_and_grad):
+    """``nnx.jit`` of ``nnx.value_and_grad`` of an ``nnx.remat`` loss (with the
+    ``remat=True`` option too): value and gradient unchanged."""
+    x, y = pair
+
+    @nnx.remat
+    def loss(m, a):
+        return m(a, y, remat=True).mean()
+
+    value, g_x = nnx.jit(nnx.value_and_grad(loss, argnums=1))(alex_module, x)
+    assert_close(value, ref_value_and_grad[0])
+    assert_close(g_x, ref_value_and_grad[1])
+
+
+def _numpy_init(key, shape, dtype=jnp.float32):
+    """He-normal kernels drawn by numpy: jax.random's first compile per shape costs
+    seconds on a small CPU, and the values do not matter here."""
+    fan_in = int(np.prod(shape[:-1]))
+    return jnp.asarray(np.random.default_rng(shape[-1]).normal(0, np.sqrt(2 / fan_in), shape), dtype)
+
+
+class TinyAE(nnx.Module):
+    """32x32x3 -> 16x16x8 -> 32x32x3 in [-1, 1], with the LPIPS module as a member."""
+
+    def __init__(self, lp: lnnx.LPIPS):
+        rngs = nnx.Rngs(0)
+        self.enc = nnx.Conv(3, 8, (3, 3), strides=(2, 2), kernel_init=_numpy_init, rngs=rngs)
+        self.dec = nnx.ConvTranspose(8, 3, (3, 3), strides=(2, 2), kernel_init=_numpy_init, rngs=rngs)
+        self.lp = lp
+
+    def __call__(self, x):
+        return jnp.tanh(self.dec(nnx.relu(self.enc(x))))
+
+
+def test_optimizer_trains_model_not_weights(alex_params):
+    """An NNX autoencoder holding the LPIPS module: ``nnx.state(model, nnx.Param)`` has
+    its convs only; trained with L1 + LPIPS by ``nnx.Optimizer(..., wrt=nnx.Param)``, the
+    loss falls and the LPIPS weights stay bit-identical (as ``nnx.Param`` they would
+    move: their gradient is nonzero)."""
+    ae = TinyAE(lnnx.LPIPS(params=alex_params))
+    params = nnx.state(ae, nnx.Param)
+    assert len(jax.tree.leaves(params)) == 4 and "lp" not in params  # kernels and biases
+    weights = nnx.to_pure_dict(nnx.state(ae, lnnx.LPIPSWeights))
+    assert _same_tree(weights, {"lp": {"weights": _arrays(alex_params)}})
+
+    opt = nnx.Optimizer(ae, optax.adam(1e-2), wrt=nnx.Param)
+    batch, _ = photo_pair(4, SIZE, seed=7)
+
+    @nnx.jit
+    def step(model, optimizer, b):
+        def loss(m):
+            r = m(b)
+            return jnp.mean(jnp.abs(r - b)) + jnp.mean(m.lp(r, b))
+
+        value, grads = nnx.value_and_grad(loss)(model)
+        optimizer.update(model, grads)
+        return value
+
+    # optax's Adam computes ``b1 ** count`` (float ** int32), refused by conftest's strict
+    # promotion: the training runs with JAX's default promotion, as users run it.
+    with jax.numpy_dtype_promotion("standard"):
+        losses = [float(step(ae, opt, batch)) for _ in range(10)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+    assert _same_tree(ae.lp.params, alex_params)
+    weights = nnx.to_pure_dict(nnx.state(ae, lnnx.LPIPSWeights))
+    assert _same_tree(weights, {"lp": {"weights": _arrays(alex_params)}})
+
+
+def test_module_errors(alex_params):
+    with pytest.raises(TypeError, match=r"got params and net='vgg', path='x\.safetensors'"):
+        lnnx.LPIPS("vgg", path="x.safetensors", params=alex_params)
+    with pytest.raises(TypeError, match="got params and lpips=False"):
+        lnnx.LPIPS(lpips=False, params=alex_params)
+    with pytest.raises(TypeError, match="params has type str: expected LPIPSParams or DISTSParams"):
+        lnnx.LPIPS(params="alex")
+    with pytest.raises(ValueError, match="net='alexnet' is not known"):
+        lnnx.LPIPS("alexnet")
+    with pytest.raises(ValueError, match="x has shape"):
+        nchw = np.zeros((1, 3, 32, 32), np.float32)
+        lnnx.LPIPS(params=alex_params)(nchw, nchw)
+
+
+# ---- the metric ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return [photo_pair(4, SIZE, seed=10 + i) for i in range(3)]
+
+
+def _ref_mean(params, pairs) -> float:
+    d = [np.atleast_1d(np.asarray(lpips_jax.distance(params, x, y), np.float64)) for x, y in pairs]
+    return float(np.concatenate(d).mean())
+
+
+# A float32 sum of n positive values then a division: within (n + 1) unit roundoffs of
+# the float64 mean, plus the rounding the per-pair values themselves may differ by.
+def _mean_rtol(n: int) -> float:
+    return (n + 1) * float(np.finfo(np.float32).eps) / 2 + ENTRY_RTOL
+
+
+def test_metric_mean_over_batches(alex_params, batches):
+    metric = lnnx.MeanDistance("alex")
+    assert isinstance(metric, nnx.Metric)
+    for x, y in batches:
+        metric.update(x=x, y=y)
+    assert int(metric.count[...]) == 12
+    ref = _ref_mean(alex_params, batches)
+    np.testing.assert_allclose(float(metric.compute()), ref, rtol=_mean_rtol(12))
+    metric.reset()
+    assert int(metric.count[...]) == 0 and float(metric.total[...]) == 0
+    assert np.isnan(float(metric.compute()))
+    x, y = batches[0]
+    metric.update(x=x[0], y=y[0])  # one unbatched pair counts 1
+    assert int(metric.count[...]) == 1
+    assert_close(metric.compute(), lpips_jax.distance(alex_params, x[0], y[0]))
+
+
+def test_metric_under_nnx_jit_with_distances_and_mask(alex_params, batches):
+    """``update`` inside ``nnx.jit`` (the state carried out), ``distances=`` and a
+    ``mask`` that leaves out padded pairs give the same mean as the images."""
+    metric = lnnx.MeanDistance(alex_params)
+
+    @nnx.jit
+    def eval_step(m, x, y):
+        m.update(x=x, y=y)
+
+    for x, y in batches:
+        eval_step(metric, x, y)
+    ref = _ref_mean(alex_params, batches)
+    np.testing.assert_allclose(float(metric.compute()), ref, rtol=_mean_rtol(12))
+
+    by_value = lnnx.MeanDistance(alex_params)
+    for x, y in batches:
+        d = np.asarray(lpips_jax.distance(alex_params, x, y))
+        padded = np.concatenate([d, np.full(3, 1e3, np.float32)])
+        by_value.update(distances=padded, mask=np.arange(padded.size) < d.size)
+    assert int(by_value.count[...]) == 12
+    np.testing.assert_allclose(float(by_value.compute()), ref, rtol=_mean_rtol(12))
+
+
+def test_metric_in_multimetric(alex_params, batches):
+    """In ``nnx.MultiMetric`` every metric gets all keywords: each takes its own."""
+    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"), lpips=lnnx.MeanDistance(alex_params))
+    x, y = batches[0]
+    metrics.update(loss=jnp.asarray([1.0, 3.0]), x=x, y=y)
+    with jax.numpy_dtype_promotion("standard"):  # flax's Average divides float32 by int32
+        out = metrics.compute()
+    assert float(out["loss"]) == 2.0
+    np.testing.assert_allclose(float(out["lpips"]), _ref_mean(alex_params, [batches[0]]), rtol=_mean_rtol(4))
+
+
+def test_metric_errors(alex_params, batches):
+    metric = lnnx.MeanDistance(alex_params)
+    x, y = batches[0]
+    with pytest.raises(TypeError, match="x= and y= .* or distances=: got neither"):
+        metric.update()
+    with pytest.raises(TypeError, match="got only x"):
+        metric.update(x=x)
+    with pytest.raises(TypeError, match="got both"):
+        metric.update(x=x, y=y, distances=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"distances has shape \(4, 1\): expected \(N,\) or \(\)"):
+        metric.update(distances=np.zeros((4, 1), np.float32))
+    with pytest.raises(ValueError, match=r"mask has shape \(3,\): expected \(4,\)"):
+        metric.update(x=x, y=y, mask=np.ones(3, bool))
+    with pytest.raises(TypeError, match=r"update got normalize: .*MeanDistance\(\.\.\., normalize=\.\.\.\)"):
+        metric.update(x=x, y=y, normalize=True)
+    with pytest.raises(TypeError, match="metric has type int: expected a net name"):
+        lnnx.MeanDistance(3)
+    with pytest.raises(ValueError, match="net='alexnet' is not known"):
+        lnnx.MeanDistance("alexnet")
+    with pytest.raises(TypeError, match="normalize='yes': expected True or False"):
+        lnnx.MeanDistance(alex_params, normalize="yes")
+    assert int(metric.count[...]) == 0  # no failed update counted
+
+
+# ---- sharded ---------------------------------------------------------------------------
+
+
+@pytest.mark.multidevice
+def test_metric_sharded_over_eight_devices(alex_params, batches):
+    """A batch of 8 pairs split over 8 simulated CPU devices (``NamedSharding``), under
+    ``nnx.jit`` and eagerly: the metric's mean is the mean of the one-device distances
+    (a subprocess: the device count is fixed when JAX starts)."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, str(SCRIPT), "10", "11"]  # the seeds of batches[0] and batches[1]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (r["devices"], r["input_shards"], r["count"]) == (8, 8, 8), r
+    ref = _ref_mean(alex_params, batches[:2])
+    np.testing.assert_allclose(r["mean_jit"], ref, rtol=_mean_rtol(8))
+    np.testing.assert_allclose(r["mean_eager"], ref, rtol=_mean_rtol(8))
