@@ -11,7 +11,9 @@ A metric is any callable ``metric(x, y) -> (N,)`` distances for ``x, y`` NHWC fl
 
 Images are read from the tensorflow-datasets builder ``bapps`` (see
 :mod:`lpips_jax.bapps`), converted exactly as the official loader (``ToTensor`` then
-``Normalize(0.5, 0.5)``), and scored in fixed-size jitted batches (the last one padded).
+``Normalize(0.5, 0.5)``), and scored in fixed-size jitted batches (the last one padded),
+each split over the local devices. Under ``jax.distributed`` each process scores a
+contiguous block of every subset and every process returns the scores of all.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpips_jax import _metric
+from lpips_jax import _metric, _sharding
 from lpips_jax._dists import DISTSParams
 from lpips_jax._metric import LPIPSParams
 from lpips_jax._outputs import progress_bar
@@ -243,10 +245,12 @@ def to_unit_official(u8: Any) -> jax.Array:
 def _lpips_batch(params: LPIPSParams, images: tuple[jax.Array, ...], pair: bool) -> tuple:
     # `pair`: JND (p0, p1) -> (d,); otherwise 2AFC (ref, p0, p1) -> (d0, d1). All images go
     # through the trunk as one batch (one trunk in the compiled program); the reference's
-    # features are computed once.
-    n = images[0].shape[0]
-    taps = _metric.features(params, to_unit_official(jnp.concatenate(images)))
-    f = [tuple(t[i * n : (i + 1) * n] for t in taps) for i in range(len(images))]
+    # features are computed once. The images of an example are stacked next to each other
+    # (not concatenated), so a batch split over devices needs no data from another device.
+    n, k = images[0].shape[0], len(images)
+    stacked = jnp.stack(images, axis=1).reshape(n * k, *images[0].shape[1:])
+    taps = _metric.features(params, to_unit_official(stacked))
+    f = [tuple(t.reshape(n, k, *t.shape[1:])[:, i] for t in taps) for i in range(k)]
     if pair:
         return (_metric.distance_from_features(params, f[0], f[1]),)
     return (
@@ -265,21 +269,18 @@ def _callable_batch(metric: Metric, jit: bool) -> Callable:
     return jax.jit(run, static_argnames=("pair",)) if jit else run
 
 
-def _batcher(metric: Any, jit: bool) -> Callable:
+def _batcher(metric: Any, jit: bool, dev: _sharding.LocalDevices) -> Callable:
+    """``run(images, pair)`` on a batch of numpy images, split over ``dev``'s devices."""
     if isinstance(metric, (LPIPSParams, DISTSParams)):
-        return lambda images, pair: _lpips_batch(metric, images, pair)
+        local_params = dev.replicate(metric)
+        return lambda images, pair: _lpips_batch(local_params, dev.put(*images), pair)
     if not callable(metric):
         raise TypeError(
             f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable "
             "(x, y) -> (N,) distances, or one of 'lpips', 'baseline', 'l2', 'ssim'"
         )
-    return _callable_batch(metric, jit)
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-    if a.shape[0] == size:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], size - a.shape[0], axis=0)])
+    run = _callable_batch(metric, jit)
+    return lambda images, pair: run(dev.put(*images), pair)
 
 
 def batched_distances(
@@ -288,6 +289,7 @@ def batched_distances(
     *,
     batch_size: int = 50,
     jit: bool = True,
+    devices: int | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Distances over arrays in fixed-size batches (the last padded; one trace).
 
@@ -295,8 +297,11 @@ def batched_distances(
       metric: :class:`LPIPSParams` or a callable ``(x, y) -> (N,)``.
       images: ``(ref, p0, p1)`` (2AFC: returns ``(d0, d1)``) or ``(p0, p1)`` (JND: returns
         ``(d,)``), each ``(N, H, W, 3)`` uint8.
+      devices: split each batch over the first ``devices`` local devices (``None``: all);
+        ``batch_size`` is rounded up to a multiple of it.
     """
-    return _distances(_batcher(metric, jit), _ArraySource(images), batch_size, None)[0]
+    dev = _sharding.LocalDevices(devices)
+    return _distances(_batcher(metric, jit, dev), _ArraySource(images), batch_size, None, dev)[0]
 
 
 class _ArraySource:
@@ -332,10 +337,27 @@ class _TfdsSource:
         return images, np.asarray([r[self.label] for r in recs], np.float64)
 
 
-def _distances(run: Callable, source: Any, batch_size: int, bar: Any) -> tuple[tuple, Any]:
-    """``((d0, d1) or (d,), labels or None)`` over ``source`` in padded fixed-size batches."""
+class _Block:
+    """The examples ``rows`` (a range) of ``source``."""
+
+    def __init__(self, source: Any, rows: range):
+        self.source, self.rows = source, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, lo: int, hi: int) -> tuple[tuple[np.ndarray, ...], Any]:
+        return self.source.batch(self.rows.start + lo, self.rows.start + hi)
+
+
+def _distances(
+    run: Callable, source: Any, batch_size: int, bar: Any, dev: _sharding.LocalDevices
+) -> tuple[tuple, Any]:
+    """``((d0, d1) or (d,), labels or None)`` over ``source`` in padded fixed-size batches
+    (``batch_size`` rounded up to a multiple of the device count)."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
+    batch_size = dev.batch_size(batch_size)
     n = len(source)
     outs: list[list[np.ndarray]] = []
     labels: list[np.ndarray] = []
@@ -345,7 +367,7 @@ def _distances(run: Callable, source: Any, batch_size: int, bar: Any) -> tuple[t
         if lab is not None:
             labels.append(lab)
         pair = len(imgs) == 2
-        padded = tuple(_pad(a, batch_size) for a in imgs)
+        padded = tuple(_sharding.pad_rows(a, batch_size) for a in imgs)
         res = run(padded, pair)
         if not outs:
             outs = [[] for _ in res]
@@ -360,6 +382,21 @@ def _distances(run: Callable, source: Any, batch_size: int, bar: Any) -> tuple[t
         if bar is not None:
             bar.update(hi - lo)
     return tuple(np.concatenate(a) for a in outs), (np.concatenate(labels) if labels else None)
+
+
+def _shared_distances(
+    run: Callable, source: Any, batch_size: int, bar: Any, dev: _sharding.LocalDevices, tag: str, outputs: int
+) -> tuple[tuple, np.ndarray]:
+    """:func:`_distances` of this process's block of ``source``, then of all of it
+    (every process's block, in order); ``outputs``: 2 for 2AFC, 1 for JND."""
+    mine = _Block(source, _sharding.block(len(source)))
+    if len(mine):
+        d, label = _distances(run, mine, batch_size, bar, dev)
+    else:  # more processes than examples
+        d, label = (np.zeros(0),) * outputs, np.zeros(0)
+    parts = _sharding.exchange(tag, {"d": [a.tolist() for a in d], "label": label.tolist()})
+    d = tuple(np.concatenate([np.asarray(p["d"][i], np.float64) for p in parts]) for i in range(outputs))
+    return d, np.concatenate([np.asarray(p["label"], np.float64) for p in parts])
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -435,6 +472,7 @@ def evaluate(
     jit: bool = True,
     progress: bool | None = False,
     return_distances: bool = False,
+    devices: int | None = None,
 ) -> dict:
     """Score a metric on BAPPS: 2AFC per subset and JND per subset, with their means.
 
@@ -454,6 +492,10 @@ def evaluate(
       progress: a progress bar per subset on stderr (``None``: when stderr is a terminal).
       return_distances: also return ``"distances"``: per task and subset, the arrays
         ``d0, d1, judge`` (2AFC) or ``d, same`` (JND).
+      devices: split each batch over the first ``devices`` local devices (``None``: all
+        of them); ``batch_size`` is rounded up to a multiple of it. Under
+        ``jax.distributed``, every process calls ``evaluate`` with the same arguments,
+        scores a block of each subset on its own devices, and gets the scores of all.
 
     Returns:
       ``{"2afc": {subset: score, ..., "mean": m}, "jnd": {...}, "metric": name,
@@ -475,7 +517,8 @@ def evaluate(
             raise ValueError("JND has no train split: use split='val' or tasks=('2afc',)")
         tasks = tuple(t for t in tasks if t != "jnd")
     metric, name = resolve_metric(metric, net=net, version=version, variant=variant)
-    run = _batcher(metric, jit)
+    dev = _sharding.LocalDevices(devices)
+    run = _batcher(metric, jit, dev)
     if data is not None:
         found = bapps.available(data)
         configs = tasks if explicit else tuple(t for t in tasks if t in found)
@@ -521,8 +564,10 @@ def evaluate(
                 _layout.LABEL[task],
             )
             desc = f"{name} {task} {sname}"
-            with progress_bar(progress, len(src), desc=desc, unit="ex", leave=False) as bar:
-                d, label = _distances(run, src, batch_size, bar)
+            size = len(_sharding.block(len(src)))
+            with progress_bar(progress, size, desc=desc, unit="ex", leave=False) as bar:
+                outputs = 2 if task == "2afc" else 1
+                d, label = _shared_distances(run, src, batch_size, bar, dev, desc, outputs)
             if task == "2afc":
                 scores[subset] = score_2afc(d[0], d[1], label)
                 per[subset] = {"d0": d[0], "d1": d[1], "judge": label}

@@ -29,6 +29,7 @@ import sys
 
 import jax
 
+from lpips_jax import _sharding
 from lpips_jax.cli import bapps, convert, folders, pairs
 from lpips_jax.cli._common import (
     EXIT_FAILED,
@@ -36,11 +37,15 @@ from lpips_jax.cli._common import (
     PROG,
     InputError,
     UsageError,
+    asks_distributed,
+    c_stdout_to_stderr,
     err,
     exit_code,
     fmt,
     model_options,
     progress_options,
+    quiet,
+    start_parallel,
 )
 from lpips_jax.cli._reading import reading_options
 
@@ -109,27 +114,48 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         err(f"{PROG}: error: give a command (dist, map, dirs, allpairs, eval, train, convert)")
         return EXIT_USAGE
+    with c_stdout_to_stderr(asks_distributed(args)):
+        try:
+            code, message = _dispatch(func, args)
+        except BaseException:  # a bug: the other processes still get an exit code, then it shows
+            if _multi_process():
+                _sharding.agree(EXIT_FAILED, "crashed (its traceback is on its stderr)")
+            raise
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        if _multi_process():
+            # One exit code for every process; process 0 also tells what the others said.
+            code, notes = _sharding.agree(code, message)
+            for i, note in notes:
+                err(f"process {i}: {note}")
+    return code
+
+
+def _multi_process() -> bool:
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _dispatch(func, args: argparse.Namespace) -> tuple[int, str | None]:
+    """Run a command: ``(exit code, error message or None)``. Processes other than 0 of a
+    multi-process run print no messages and no results (process 0 reports for all)."""
     try:
-        return int(func(args))
+        start_parallel(args)
+        with quiet(_multi_process() and jax.process_index() != 0):
+            return int(func(args)), None
     except UsageError as e:
-        err(f"{PROG}: error: {e}")
-        return EXIT_USAGE
-    except InputError as e:
-        err(f"{PROG}: error: {e}")
-        return EXIT_FAILED
+        return EXIT_USAGE, f"{PROG}: error: {e}"
+    except (InputError, _sharding.OutOfStep) as e:
+        return EXIT_FAILED, f"{PROG}: error: {e}"
     except KeyboardInterrupt:
-        err(f"{PROG}: interrupted; nothing written")
-        return 130
+        return 130, f"{PROG}: interrupted; nothing written"
     except jax.errors.JaxRuntimeError as e:
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         first = str(e).strip().splitlines()[0]
-        err(f"{PROG}: error: out of device memory ({first}); try a smaller --batch-size")
-        return EXIT_FAILED
+        return EXIT_FAILED, f"{PROG}: error: out of device memory ({first}); try a smaller --batch-size"
     except BrokenPipeError:  # stdout closed early (| head): stop quietly
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
+        return EXIT_FAILED, None
     except OSError as e:  # writing an output failed (disk full, permissions): nothing written
-        err(f"{PROG}: error: {e}")
-        return EXIT_FAILED
+        return EXIT_FAILED, f"{PROG}: error: {e}"

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from lpips_jax import io as lio
+from lpips_jax._sharding import pad_rows
 from lpips_jax.cli._reading import PairFailure
 
 
@@ -85,8 +86,9 @@ class Batches:
 
     def _launch(self, entries: list) -> None:
         keys = [k for k, _ in entries]
-        padded = entries + [entries[-1]] * (self.batch_size - len(entries))
-        stacked = [np.stack([e[1][i] for e in padded]) for i in range(len(entries[0][1]))]
+        stacked = [
+            pad_rows(np.stack([e[1][i] for e in entries]), self.batch_size) for i in range(len(entries[0][1]))
+        ]
         try:
             out = self.compute(*stacked)
         except (ValueError, TypeError) as e:  # the library's static checks

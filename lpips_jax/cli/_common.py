@@ -3,15 +3,18 @@
 Exit codes 0 (ok), 1 (some input failed, or the run failed), 2 (usage: a bad option, a
 folder that does not exist, weights that cannot be loaded). Messages go to stderr, results
 to stdout and to output files, which are written whole or not at all. Numeric options are
-checked by argparse types that name the value and what was expected (exit 2).
+checked by argparse types that name the value and what was expected (exit 2). Under
+``jax.distributed`` only process 0 prints and writes (:func:`quiet`, :func:`is_writer`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,8 +35,34 @@ class InputError(Exception):
     """An input (image, dataset) or the run itself failed: exit code 1."""
 
 
+_QUIET = [False]  # set on processes other than 0 of a multi-process run
+
+
 def err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A message on stderr (not on the quiet processes of a multi-process run)."""
+    if not _QUIET[0]:
+        print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool) -> Iterator[None]:
+    """While ``enabled``: no :func:`err` messages, no progress bar, stdout discarded."""
+    if not enabled:
+        yield
+        return
+    _QUIET[0] = True
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            yield
+    finally:
+        _QUIET[0] = False
+
+
+def is_writer() -> bool:
+    """Whether this process writes the outputs: process 0 (the only one without jax.distributed)."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def exit_code(e: SystemExit) -> int:
@@ -81,6 +110,13 @@ def probability_below_1(text: str) -> float:
     return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
+def host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT, e.g. 10.0.0.1:1234")
+    return text
+
+
 # ---------------------------------------------------------------------------------------
 # Options more than one subcommand has, as argparse parents.
 
@@ -123,7 +159,93 @@ def progress_options() -> argparse.ArgumentParser:
 
 
 def progress(args: argparse.Namespace, total: int, unit: str, desc: str) -> Any:
-    return progress_bar(args.progress, total, desc=desc, unit=unit)
+    return progress_bar(False if _QUIET[0] else args.progress, total, desc=desc, unit=unit)
+
+
+def parallel_options() -> argparse.ArgumentParser:
+    """``--devices`` and the ``jax.distributed`` options (``dirs``, ``allpairs``, ``eval``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("devices and hosts")
+    g.add_argument(
+        "--devices", type=positive_int, metavar="N",
+        help="split each batch over the first N local devices (default: all of them)",
+    )  # fmt: skip
+    g.add_argument(
+        "--distributed", action="store_true",
+        help="be one process of a multi-host job (jax.distributed.initialize): the address, "
+        "count and rank come from the options below or are detected (TPU pods, SLURM, Open "
+        "MPI, Kubernetes, JAX_COORDINATOR_ADDRESS); each process computes a share, process 0 "
+        "writes the outputs",
+    )  # fmt: skip
+    g.add_argument(
+        "--coordinator", type=host_port, metavar="HOST:PORT",
+        help="process 0's address, reachable by every process (implies --distributed)",
+    )  # fmt: skip
+    g.add_argument("--num-processes", type=positive_int, metavar="N", help="processes in the job")
+    g.add_argument("--process-id", type=nonnegative_int, metavar="I", help="this process: 0 to N-1")
+    return parent
+
+
+def asks_distributed(args: argparse.Namespace) -> bool:
+    """Whether the command line asks for a ``jax.distributed`` run."""
+    names = ("distributed", "coordinator", "num_processes", "process_id")
+    return any(getattr(args, n, None) not in (None, False) for n in names)
+
+
+@contextlib.contextmanager
+def c_stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """While ``enabled``: what C code writes to stdout goes to stderr; Python's stdout stays.
+
+    XLA:CPU's collectives (Gloo) announce each connection on the C stdout, which carries
+    results (the last line is the number a script reads).
+    """
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        python_on_fd1 = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):  # redirected to an object without a file
+        python_on_fd1 = False
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        if python_on_fd1:
+            with (
+                open(saved, "w", encoding="utf-8", errors="surrogateescape", closefd=False) as out,
+                contextlib.redirect_stdout(out),
+            ):
+                yield
+        else:
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def start_parallel(args: argparse.Namespace) -> None:
+    """Join the ``jax.distributed`` job when asked, then ``args.local``: the devices to use."""
+    import jax
+
+    from lpips_jax._sharding import LocalDevices
+
+    if not hasattr(args, "devices"):
+        return
+    if asks_distributed(args):
+        n, i = args.num_processes, args.process_id
+        if n is not None and i is not None and i >= n:
+            raise UsageError(f"--process-id {i}: expected 0 to {n - 1} (--num-processes {n})")
+        if not jax.distributed.is_initialized():
+            try:
+                jax.distributed.initialize(args.coordinator, n, i)
+            except (ValueError, TypeError) as e:  # what is missing and was not detected
+                raise UsageError(f"cannot start jax.distributed: {e}") from e
+            except RuntimeError as e:  # e.g. the coordinator did not answer in time
+                raise InputError(f"cannot start jax.distributed: {e}") from e
+    count = len(jax.local_devices())
+    if args.devices is not None and args.devices > count:
+        raise UsageError(f"--devices {args.devices}: expected 1 to {count}, the local device count")
+    args.local = LocalDevices(args.devices)
 
 
 # ---------------------------------------------------------------------------------------

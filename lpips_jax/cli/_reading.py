@@ -145,9 +145,13 @@ class Notes:
         self.alpha: list[str] = []
 
     def add(self, infos: Iterable[lio.ImageInfo]) -> None:
-        for info in infos:
-            if info.alpha_dropped and info.path not in self.alpha:
-                self.alpha.append(info.path)
+        self.add_paths(info.path for info in infos if info.alpha_dropped)
+
+    def add_paths(self, paths: Iterable[str]) -> None:
+        """Images whose alpha channel was dropped, each noted once."""
+        for path in paths:
+            if path not in self.alpha:
+                self.alpha.append(path)
 
     def report(self) -> None:
         if self.alpha:

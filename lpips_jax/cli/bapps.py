@@ -3,6 +3,8 @@
 ``register(subparsers, progress)`` adds both subcommands; each sets ``func(args) -> int``
 (the exit code). The library code (:mod:`lpips_jax.bapps.evaluate`,
 :mod:`lpips_jax.bapps.train`) and tensorflow-datasets are imported only when a command runs.
+``eval`` splits each batch over the local devices and, under ``jax.distributed``, each
+subset over the processes; process 0 prints and writes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from lpips_jax.cli._common import (
     check_output,
     err,
     existing_folder,
+    is_writer,
     model_options,
     nonnegative_int,
+    parallel_options,
     positive_float,
     positive_int,
     probability_below_1,
@@ -55,7 +59,7 @@ def _add_eval(subparsers, progress) -> None:
     model = model_options(net="alex", version="0.1", weights="params file (e.g. from `train --out`)")
     p = subparsers.add_parser(
         "eval",
-        parents=[_data_options(), model, progress],
+        parents=[_data_options(), model, progress, parallel_options()],
         help="score a metric on BAPPS (2AFC and JND), as the paper's table",
         description="Score LPIPS (or a baseline) on BAPPS: 2AFC agreement and JND mAP per "
         "subset, as the official test_dataset_model.py.",
@@ -126,7 +130,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from lpips_jax.bapps.evaluate import evaluate, format_table
 
     _check_data(args)
-    check_output(args.json, "--json")
+    if is_writer():
+        check_output(args.json, "--json")
     try:
         metric = args.metric
         if args.weights:
@@ -142,12 +147,13 @@ def run_eval(args: argparse.Namespace) -> int:
             net=args.net,
             version=args.version,
             variant=args.variant,
-            progress=args.progress,
+            progress=args.progress if is_writer() else False,
+            devices=args.local.count,
         )
     except (BappsDataError, WeightsError, FileNotFoundError, ValueError, ImportError) as e:
         raise _failed(e) from e
     print(format_table(result))
-    if args.json:
+    if args.json and is_writer():
         with atomic_file(args.json, "w") as f:
             f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
         err(f"wrote {args.json}")

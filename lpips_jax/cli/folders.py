@@ -1,9 +1,11 @@
 """``dirs`` and ``allpairs``: many pairs of image files, as a CSV and a mean.
 
-Folders are read on worker threads while the device computes, in batches of one image
-size at a time, so each size compiles once. An unreadable image is reported at the end
-(``--keep-going``, the default; exit 1) or stops the run with nothing written
-(``--no-keep-going``).
+Folders are read on worker threads while the devices compute, in batches of one image
+size at a time, so each size compiles once; each batch is split over the local devices
+(``--devices``). Under ``jax.distributed`` each process reads and compares its share of
+the pairs, the shares meet in one exchange, and process 0 writes the CSV. An unreadable
+image is reported at the end (``--keep-going``, the default; exit 1) or stops the run with
+nothing written (``--no-keep-going``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import collections
 import concurrent.futures
 import csv
+import hashlib
 import math
 import os
 import sys
@@ -22,19 +25,23 @@ import jax
 import numpy as np
 
 import lpips_jax
+from lpips_jax import _sharding
 from lpips_jax import io as lio
 from lpips_jax.cli._batches import Batches, prefetch
 from lpips_jax.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
     PROG,
+    InputError,
     UsageError,
     atomic_file,
     check_output,
     err,
     existing_folder,
     fmt,
+    is_writer,
     load_params,
+    parallel_options,
     positive_float,
     positive_int,
     progress,
@@ -58,7 +65,7 @@ DEFAULT_FEATURE_MB = 2048
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
     """Add ``dirs`` and ``allpairs``; ``parents``: the model, reading and progress options."""
-    parents = [*parents, _folder_options()]
+    parents = [*parents, _folder_options(), parallel_options()]
     p = sub.add_parser(
         "dirs",
         parents=parents,
@@ -101,7 +108,7 @@ def _folder_options() -> argparse.ArgumentParser:
         "--batch-size",
         type=positive_int,
         default=DEFAULT_BATCH,
-        help=f"pairs per device call (default: {DEFAULT_BATCH})",
+        help=f"pairs per batch, rounded up to a multiple of the device count (default: {DEFAULT_BATCH})",
     )
     parent.add_argument(
         "--workers",
@@ -163,15 +170,20 @@ def _run_pairs(
     params: lpips_jax.LPIPSParams,
     pairs: list[tuple[Any, str, str]],
     desc: str,
+    batch: int,
 ) -> tuple[dict, dict, Notes]:
     """Distances of ``pairs`` = ``[(key, path_a, path_b)]``: ``(results, failures, notes)``.
 
-    Raises ``PairFailure`` at the first failure when ``--no-keep-going``.
+    ``batch``: pairs per batch before rounding to the devices (the same on every process,
+    so that every process compiles the same shapes). Raises ``PairFailure`` at the first
+    failure when ``--no-keep-going``.
     """
     results: dict[Any, float] = {}
     failures: dict[Any, str] = {}
     notes = Notes()
-    bs = min(args.batch_size, len(pairs))
+    dev = args.local
+    bs = dev.batch_size(batch)
+    local_params = dev.replicate(params)
     with (
         progress(args, len(pairs), "pair", desc) as bar,
         concurrent.futures.ThreadPoolExecutor(args.workers) as pool,
@@ -190,7 +202,7 @@ def _run_pairs(
             if not args.keep_going:
                 raise PairFailure(msg)
 
-        batches = Batches(lambda x, y: distance_jit(params, x, y), bs, done, failed)
+        batches = Batches(lambda x, y: distance_jit(local_params, *dev.put(x, y)), bs, done, failed)
 
         def read(p: tuple) -> tuple:
             return read_pair(p[1], p[2], resize=args.resize, net=params.trunk_net)
@@ -206,10 +218,61 @@ def _run_pairs(
     return results, failures, notes
 
 
+def _shared_pairs(
+    args: argparse.Namespace, params: lpips_jax.LPIPSParams, pairs: list[tuple[Any, str, str]], desc: str
+) -> tuple[dict, dict, Notes, str | None]:
+    """:func:`_run_pairs` on this process's share of ``pairs``, then every process's
+    results: ``(results, failures, notes, first --no-keep-going stop or None)``."""
+    stopped = None
+    try:
+        results, failures, notes = _run_pairs(
+            args, params, _sharding.share(pairs), desc, min(args.batch_size, len(pairs))
+        )
+    except PairFailure as e:
+        results, failures, notes, stopped = {}, {}, Notes(), str(e)
+    names = [p[1:] for p in pairs]
+    stopped, notes, t = _gather(desc, names, stopped, notes, results=results, failures=failures)
+    return t["results"], t["failures"], notes, stopped
+
+
+def _gather(
+    tag: str, files: list, stopped: str | None, notes: Notes, **tables: dict
+) -> tuple[str | None, Notes, dict[str, dict]]:
+    """Every process's part of a run: the first stop message, the notes, and each table
+    (a dict) merged over the processes. ``files``: what every process must have listed."""
+    listed = hashlib.sha256(repr(files).encode("utf-8", "surrogateescape")).hexdigest()
+    payload = {
+        "files": listed,
+        "stopped": stopped,
+        "alpha": notes.alpha,
+        "tables": {name: [[k, v] for k, v in t.items()] for name, t in tables.items()},
+    }
+    parts = _sharding.exchange(tag, payload)
+    if any(p["files"] != listed for p in parts):
+        raise InputError(
+            f"{tag}: the processes found different files (process "
+            f"{next(i for i, p in enumerate(parts) if p['files'] != listed)} differs from this one): "
+            "every process must see the same folders"
+        )
+    merged, out = Notes(), {name: {} for name in tables}
+    for p in parts:
+        merged.add_paths(p["alpha"])
+        for name, rows in p["tables"].items():
+            for k, v in rows:
+                out[name].setdefault(_tuple(k), _tuple(v))
+    return next((p["stopped"] for p in parts if p["stopped"]), None), merged, out
+
+
+def _tuple(v: Any) -> Any:
+    """JSON's lists back to the tuples they were (keys, shapes)."""
+    return tuple(v) if isinstance(v, list) else v
+
+
 def cmd_dirs(args: argparse.Namespace) -> int:
     """``dirs DIR0 DIR1``: distances of the files with the same name in both folders."""
     d0, d1 = existing_folder(args.dir0), existing_folder(args.dir1)
-    check_output(args.output, "-o")
+    if is_writer():
+        check_output(args.output, "-o")
     n0, skip0 = _image_names(d0)
     n1, skip1 = _image_names(d1)
     s0, s1 = set(n0), set(n1)
@@ -225,10 +288,9 @@ def cmd_dirs(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     params = load_params(args)
     pairs = [(n, os.path.join(d0, n), os.path.join(d1, n)) for n in common]
-    try:
-        results, failures, notes = _run_pairs(args, params, pairs, "dirs")
-    except PairFailure as e:
-        err(f"{PROG} dirs: error: {e} (stopped: --no-keep-going; nothing written)")
+    results, failures, notes, stopped = _shared_pairs(args, params, pairs, "dirs")
+    if stopped:
+        err(f"{PROG} dirs: error: {stopped} (stopped: --no-keep-going; nothing written)")
         return EXIT_FAILED
     notes.report()
     rows = [(n, fmt(results[n])) for n in common if n in results]
@@ -241,7 +303,9 @@ def cmd_dirs(args: argparse.Namespace) -> int:
 
 
 def _emit_csv(path: str | None, header: tuple[str, ...], rows: list[tuple]) -> None:
-    """The CSV to ``path`` (atomically) or, without ``-o``, to stdout."""
+    """The CSV to ``path`` (atomically) or, without ``-o``, to stdout; by process 0 only."""
+    if not is_writer():
+        return
     if path:
         # surrogateescape: file names that are not valid UTF-8 are written back as bytes
         with atomic_file(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -280,11 +344,33 @@ def _peek_area(paths: list[str], resize: Any) -> tuple[int, int]:
     return best
 
 
+def _tile_pairs(blocks: list[list[int]], tile: tuple[int, int]) -> int:
+    a, b = len(blocks[tile[0]]), len(blocks[tile[1]])
+    return a * (a - 1) // 2 if tile[0] == tile[1] else a * b
+
+
+def _tiles_of_this_process(blocks: list[list[int]]) -> list[tuple[int, int]]:
+    """This process's tiles ``(block i, block j >= i)``: the largest tile first to the
+    process with the fewest pairs so far (the same plan on every process)."""
+    tiles = [(i, j) for i in range(len(blocks)) for j in range(i, len(blocks))]
+    load = [0] * jax.process_count()
+    mine = []
+    for t in sorted(tiles, key=lambda t: (-_tile_pairs(blocks, t), t)):
+        p = load.index(min(load))
+        load[p] += _tile_pairs(blocks, t)
+        if p == jax.process_index():
+            mine.append(t)
+    return sorted(mine)
+
+
 class _AllPairs:
     """Every unordered pair of ``paths``: features once per image, then pair distances.
 
-    Features are cached on the device up to ``budget`` bytes; beyond that the list is cut
-    into blocks and the features of later blocks are recomputed for each earlier block.
+    The list is cut into blocks and the triangle of pairs into tiles (a block against
+    itself or a later block). Features are cached on the devices up to ``budget`` bytes;
+    beyond that a tile's later block is recomputed for each earlier block. Under
+    ``jax.distributed`` each process computes a set of tiles (about as many pairs each)
+    and reads only the images of its tiles.
     """
 
     def __init__(self, args: argparse.Namespace, params: lpips_jax.LPIPSParams, paths: list[str]) -> None:
@@ -294,30 +380,57 @@ class _AllPairs:
         self.image_failures: dict[int, str] = {}
         self.shapes: dict[int, tuple[int, ...]] = {}
         self.notes = Notes()
+        self.dev = args.local
+        self.local_params = self.dev.replicate(params)
 
-    def run(self) -> None:
+    def run(self) -> str | None:
+        """Compute this process's tiles, then gather every process's results; returns the
+        first ``--no-keep-going`` stop message, or ``None``."""
         n, args = self.n, self.args
         w, h = _peek_area(self.paths, args.resize)
         per_image = max(1, _feature_bytes(self.params, w, h))
         cap = max(1, int(args.max_feature_mb * 2**20 // per_image))  # images that fit
-        self.batch = max(1, min(args.batch_size, cap, n))
+        self.batch = self.dev.batch_size(max(1, min(args.batch_size, cap, n)))
         block = n if cap >= n else max(self.batch, cap // self.batch * self.batch)
+        procs = jax.process_count()
+        if procs > 1:  # two tiles per process at least, so that the pairs split evenly
+            block = min(block, -(-n // (2 * procs)))
         blocks = [list(range(s, min(s + block, n))) for s in range(0, n, block)]
-        if len(blocks) > 1:
+        if cap < n:
             err(
                 f"note: the features of {n} images need about "
                 f"{n * per_image / 2**20:.0f} MB (more than --max-feature-mb "
                 f"{args.max_feature_mb}): working in {len(blocks)} blocks of {block} images"
             )
-        with (
-            progress(args, n * (n - 1) // 2, "pair", "allpairs") as self.bar,
-            concurrent.futures.ThreadPoolExecutor(args.workers) as self.pool,
-        ):
-            for bi, block_i in enumerate(blocks):
-                fi = self._features(block_i)
-                self._pairs(fi, fi, same=True)
-                for block_j in blocks[bi + 1 :]:
-                    self._pairs(fi, self._features(block_j), same=False)
+        tiles = _tiles_of_this_process(blocks)
+        needed = sorted({b for t in tiles for b in t})
+        cache = {} if sum(len(blocks[b]) for b in needed) <= cap else None
+        stopped = None
+        try:
+            with (
+                progress(args, sum(_tile_pairs(blocks, t) for t in tiles), "pair", "allpairs") as self.bar,
+                concurrent.futures.ThreadPoolExecutor(args.workers) as self.pool,
+            ):
+                for bi in sorted({t[0] for t in tiles}):
+                    fi = self._block_features(blocks, bi, cache)
+                    for bj in sorted(t[1] for t in tiles if t[0] == bi):
+                        fj = fi if bj == bi else self._block_features(blocks, bj, cache)
+                        self._pairs(fi, fj, same=bi == bj)
+        except PairFailure as e:
+            stopped = str(e)
+        stopped, self.notes, t = _gather(
+            "allpairs", self.paths, stopped, self.notes,
+            results=self.results, image_failures=self.image_failures, shapes=self.shapes,
+        )  # fmt: skip
+        self.results, self.image_failures, self.shapes = t["results"], t["image_failures"], t["shapes"]
+        return stopped
+
+    def _block_features(self, blocks: list[list[int]], b: int, cache: dict | None) -> dict:
+        if cache is None:
+            return self._features(blocks[b])
+        if b not in cache:
+            cache[b] = self._features(blocks[b])
+        return cache[b]
 
     def _features(self, indices: list[int]) -> dict[tuple, list]:
         """Per image shape, a list of ``(taps of one batch, [image indices])``."""
@@ -330,7 +443,10 @@ class _AllPairs:
             for k in keys:
                 self._image_failed(k, msg)
 
-        batches = Batches(lambda x: features_jit(self.params, x), self.batch, done, failed, depth=1)
+        def compute(x: np.ndarray) -> tuple:
+            return features_jit(self.local_params, *self.dev.put(x))
+
+        batches = Batches(compute, self.batch, done, failed, depth=1)
 
         def read(i: int) -> tuple[np.ndarray, lio.ImageInfo]:
             a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
@@ -362,7 +478,7 @@ class _AllPairs:
                 for v, (tb, kb) in enumerate(fj[shape]):
                     if (same and v < u) or (same and u == v and len(ka) < 2):
                         continue  # the lower triangle, or a lone image: no pairs here
-                    inflight.append((cross_jit(self.params, ta, tb), ka, kb, same and u == v))
+                    inflight.append((cross_jit(self.local_params, ta, tb), ka, kb, same and u == v))
                     while len(inflight) > 2:
                         self._collect(*inflight.popleft())
         while inflight:
@@ -402,7 +518,8 @@ def cmd_allpairs(args: argparse.Namespace) -> int:
             f"allpairs: --resize {args.resize} needs a pair order; use --resize WxH "
             "to bring every image to one size"
         )
-    check_output(args.output, "-o")
+    if is_writer():
+        check_output(args.output, "-o")
     names, skipped = _image_names(folder)
     if skipped:
         err(f"note: skipped {len(skipped)} file(s) that are not images by their extension")
@@ -412,19 +529,14 @@ def cmd_allpairs(args: argparse.Namespace) -> int:
     paths = [os.path.join(folder, n) for n in names]
     if args.consecutive:
         pairs = [((names[i], names[i + 1]), paths[i], paths[i + 1]) for i in range(len(names) - 1)]
-        try:
-            results, failures, notes = _run_pairs(args, params, pairs, "pairs")
-        except PairFailure as e:
-            err(f"{PROG} allpairs: error: {e} (stopped: --no-keep-going; nothing written)")
-            return EXIT_FAILED
+        results, failures, notes, stopped = _shared_pairs(args, params, pairs, "pairs")
         keys = [k for k, _, _ in pairs]
         n_pairs = len(pairs)
     else:
         job = _AllPairs(args, params, paths)
-        try:
-            job.run()
-        except PairFailure as e:
-            err(f"{PROG} allpairs: error: {e} (stopped: --no-keep-going; nothing written)")
+        stopped = job.run()
+        if stopped:
+            err(f"{PROG} allpairs: error: {stopped} (stopped: --no-keep-going; nothing written)")
             return EXIT_FAILED
         notes = job.notes
         n = len(names)
@@ -439,6 +551,9 @@ def cmd_allpairs(args: argparse.Namespace) -> int:
         for i, j in index_pairs:
             if i in bad or j in bad:
                 failures.setdefault((names[i], names[j]), "unreadable image (see above)")
+    if stopped:  # --consecutive
+        err(f"{PROG} allpairs: error: {stopped} (stopped: --no-keep-going; nothing written)")
+        return EXIT_FAILED
     notes.report()
     rows = [(a, b, fmt(results[(a, b)])) for a, b in keys if (a, b) in results]
     _emit_csv(args.output, ("a", "b", "distance"), rows)
