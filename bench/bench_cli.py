@@ -16,6 +16,15 @@ into a temporary folder, then times, on the same machine and batch size:
 Prints both figures in pairs/s, their ratio (the target is >= 0.70) and the largest
 difference between the CSV and the in-memory distances. ``--subprocess`` also times the
 installed ``lpips-jax`` end to end (start-up, weights, compile, decode, compute).
+
+    python bench/bench_cli.py --scaling [--n 256] [--batch-size 16] [--size 256]
+
+instead times ``lpips-jax dirs`` on 1 and on 8 simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``) and, where JAX sees a GPU or
+TPU, on one and on all of its devices: each run a fresh process, warm-up (compile)
+excluded, ``--batch-size`` pairs per device. Simulated devices share the same cores, so
+the CPU rows check that the split is right (the CSVs must agree to 1e-6 of the largest
+distance), not that it is faster.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import concurrent.futures
 import contextlib
 import csv
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -140,7 +150,61 @@ def run_cli(argv: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _csv_values(path: str) -> np.ndarray:
+    with open(path, newline="") as f:
+        return np.array([float(r[1]) for r in list(csv.reader(f))[1:]])
+
+
+def scaling_child(argv: list[str]) -> int:
+    """In a fresh process: a warm-up ``dirs`` run (compile), then the timed one; prints JSON."""
+    d0, d1, warm0, warm1, out, devices, batch, net = argv
+    n_dev = int(devices)
+    common = ["--net", net, "--batch-size", str(int(batch) * n_dev), "--devices", str(n_dev), "--no-progress"]
+    run_cli(["dirs", warm0, warm1, "-o", out, *common])
+    seconds = run_cli(["dirs", d0, d1, "-o", out, *common])
+    print(json.dumps({"backend": jax.default_backend(), "devices": n_dev, "seconds": seconds}))
+    return 0
+
+
+def scaling(args: argparse.Namespace, root: str) -> int:
+    """pairs/s of ``lpips-jax dirs`` per device count, each in a fresh process."""
+    d0, d1 = make_folders(root, args.n, args.size)
+    cpu = dict(os.environ, JAX_PLATFORMS="cpu")
+    cpu["XLA_FLAGS"] = f"{cpu.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+    probe = "import jax; print(jax.default_backend(), len(jax.local_devices()))"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    backend, count = found.stdout.split()
+    real = [(dict(os.environ), 1), (dict(os.environ), int(count))] if backend != "cpu" else []
+    plan = [(cpu, 1), (cpu, 8), *real]
+    print(f"{args.n} pairs of {args.size}x{args.size}, net {args.net}, {args.batch_size} pairs per device, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
+    rows, base = [], {}
+    for env, devices in plan:
+        warm = os.path.join(root, f"warm{len(rows)}")  # as many pairs as one batch: its compile
+        warm0, warm1 = make_folders(warm, args.batch_size * devices, args.size, 10**6)
+        out = os.path.join(root, f"out_{len(rows)}.csv")
+        argv = [d0, d1, warm0, warm1, out, str(devices), str(args.batch_size), args.net]
+        proc = subprocess.run(
+            [sys.executable, __file__, "--scaling-child", *argv], env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"the {devices}-device run failed:\n{proc.stderr[-3000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        values = _csv_values(out)
+        one = base.setdefault(r["backend"], (args.n / r["seconds"], values))
+        diff = float(np.max(np.abs(values - one[1])) / np.max(np.abs(one[1])))
+        rate = args.n / r["seconds"]
+        rows.append((r["backend"], r["devices"], rate, rate / one[0], diff))
+        print(f"{r['backend']:>4} {r['devices']:>3} device(s): {rate:8.2f} pairs/s  x{rate / one[0]:.2f}  "
+              f"max |CSV - 1 device| / max = {diff:.1e}")  # fmt: skip
+    bad = [r for r in rows if r[0] == "cpu" and r[4] > 1e-6]
+    print("CSVs agree" if not bad else "CSVs DIFFER beyond 1e-6 of the largest distance")
+    return 1 if bad else 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--scaling-child"]:
+        return scaling_child(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="pairs (default 1000)")
     ap.add_argument("--size", type=int, default=256, help="image side (default 256)")
@@ -150,10 +214,13 @@ def main() -> int:
     ap.add_argument("--dir", help="keep the images here instead of a temporary folder")
     ap.add_argument("--subprocess", action="store_true", help="also time the installed script")
     ap.add_argument("--repeat", type=int, default=1, help="alternate the two timings N times, keep the best")
+    ap.add_argument("--scaling", action="store_true", help="pairs/s on 1 and 8 (simulated) devices instead")
     args = ap.parse_args()
 
     root = args.dir or tempfile.mkdtemp(prefix="lpips_bench_")
     try:
+        if args.scaling:
+            return scaling(args, root)
         t0 = time.perf_counter()
         d0, d1 = make_folders(root, args.n, args.size)
         warm0, warm1 = make_folders(os.path.join(root, "warm"), args.batch_size, args.size, 10**6)

@@ -450,6 +450,9 @@ def test_usage_errors_exit_2(tmp_path, photos, capsys):
         (["map", a, a, "-o", str(tmp_path)], "is a folder"),
         (["dist", a, a, "--weights", str(tmp_path / "w.safetensors")], "cannot load weights"),
         (["frobnicate"], "invalid choice"),
+        (["dirs", str(tmp_path), str(tmp_path), "--devices", "4096"], "--devices 4096: expected 1 to "),
+        (["allpairs", str(tmp_path), "--num-processes", "2", "--process-id", "2"],
+         "--process-id 2: expected 0 to 1 (--num-processes 2)"),
     ]  # fmt: skip
     for argv, message in cases:
         assert cli.main(argv) == 2, argv
@@ -511,6 +514,11 @@ _BAD_NUMBERS = [
     (["train", "--out", "o.safetensors"], "--dropout", "-0.1", "expected a number in [0, 1)"),
     (["train", "--out", "o.safetensors"], "--seed", "-1", "expected an integer >= 0"),
     (["train", "--out", "o.safetensors"], "--stop-after", "0", "expected a positive integer"),
+    (["dirs", "D", "D"], "--devices", "0", "expected a positive integer"),
+    (["allpairs", "D"], "--process-id", "-1", "expected an integer >= 0"),
+    (["eval"], "--num-processes", "0", "expected a positive integer"),
+    (["eval"], "--coordinator", "localhost", "expected HOST:PORT"),
+    (["dirs", "D", "D"], "--coordinator", "host:99999", "expected HOST:PORT"),
 ]
 
 

@@ -17,7 +17,10 @@ allpairs), ``bapps`` (eval, train), ``convert``.
 Exit codes: 0 ok, 1 some inputs failed (unreadable, wrong size, too small) or the run
 failed, 2 usage errors (bad options, a folder that does not exist, weights that cannot be
 loaded). Messages go to stderr; results to stdout and to output files, which are written
-whole or not at all.
+whole or not at all. ``dirs``, ``allpairs`` and ``eval`` split each batch over the local
+devices and, under ``jax.distributed``, the work over the processes
+(:mod:`lpips_jax._sharding`); then process 0 prints and writes, and every process
+returns the largest exit code of all.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class Batches:
     ``add(key, arrays)`` queues one item; when ``batch_size`` items of one shape are
     queued, they are stacked and ``compute(*stacked)`` is dispatched (asynchronously);
     ``flush()`` pads the remaining partial batches by repeating their last item, so every
-    call has the same batch size and each shape compiles once. ``done(keys, out)`` gets the
+    call has the same batch size (a multiple of the device count, for ``compute`` to
+    split) and each shape compiles once. ``done(keys, out)`` gets the
     real items' keys (padding excluded) once at most ``depth`` batches are in flight;
     ``failed(keys, message)`` when ``compute`` rejects a batch.
     """

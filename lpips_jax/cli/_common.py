@@ -239,7 +239,10 @@ def start_parallel(args: argparse.Namespace) -> None:
             try:
                 jax.distributed.initialize(args.coordinator, n, i)
             except (ValueError, TypeError) as e:  # what is missing and was not detected
-                raise UsageError(f"cannot start jax.distributed: {e}") from e
+                raise UsageError(
+                    f"cannot start jax.distributed: {e} No TPU pod, SLURM, Open MPI or Kubernetes "
+                    "job was detected: give --coordinator HOST:PORT --num-processes N --process-id I"
+                ) from e
             except RuntimeError as e:  # e.g. the coordinator did not answer in time
                 raise InputError(f"cannot start jax.distributed: {e}") from e
     count = len(jax.local_devices())

@@ -393,10 +393,10 @@ class _AllPairs:
         self.batch = self.dev.batch_size(max(1, min(args.batch_size, cap, n)))
         block = n if cap >= n else max(self.batch, cap // self.batch * self.batch)
         procs = jax.process_count()
-        if procs > 1:  # two tiles per process at least, so that the pairs split evenly
+        if procs > 1:  # 2 blocks a process at least: enough tiles to share out evenly
             block = min(block, -(-n // (2 * procs)))
         blocks = [list(range(s, min(s + block, n))) for s in range(0, n, block)]
-        if cap < n:
+        if cap < n and len(blocks) > 1:
             err(
                 f"note: the features of {n} images need about "
                 f"{n * per_image / 2**20:.0f} MB (more than --max-feature-mb "
