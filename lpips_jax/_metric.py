@@ -12,6 +12,7 @@ sum over taps. Checks of rank, channels, shapes, dtype and minimum size run at t
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from lpips_jax import _checks, _dists, _nets
+from lpips_jax import _checks, _dists, _nets, _ops
 from lpips_jax._dists import DISTSParams
 
 # v0.1 scaling layer, from the official lpips ScalingLayer.
@@ -147,6 +148,35 @@ def _features(params: Params, xb, normalize, dtype, remat, precision):
     return _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
 
 
+def _features_core(params, xb, *, normalize, dtype, remat, precision):
+    return _features(params, xb, normalize, dtype, remat, precision)
+
+
+def _one_program(core):
+    """``core(params, *arrays, normalize=, dtype=, remat=, precision=)`` as one jitted
+    program per static setting: called eagerly, the metric would otherwise dispatch and
+    compile op by op (several times the first-call time of one program). The CPU
+    fast-path setting is part of the key, as it acts at trace time. A traced
+    ``normalize`` means the caller is tracing already: ``core`` then runs inline."""
+
+    def keyed(*arrays, normalize, dtype, remat, precision, fast):
+        del fast  # only a cache key
+        return core(*arrays, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+
+    jitted = jax.jit(keyed, static_argnames=("normalize", "dtype", "remat", "precision", "fast"))
+
+    @functools.wraps(core)
+    def call(*arrays, normalize, dtype, remat, precision):
+        if isinstance(normalize, jax.core.Tracer):
+            return core(*arrays, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+        return jitted(
+            *arrays, normalize=bool(normalize), dtype=dtype, remat=remat, precision=precision,
+            fast=_ops.enabled(),
+        )  # fmt: skip
+
+    return call
+
+
 def features(
     params: Params,
     x: Any,
@@ -166,7 +196,7 @@ def features(
     _checks.check_images(x, x, params.trunk_net)
     _checks.check_range("x", x, normalize)
     xb, unbatched = _checks.as_batch(x)
-    feats = _features(params, xb, normalize, dtype, remat, precision)
+    feats = _features_program(params, xb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return tuple(f[0] for f in feats) if unbatched else feats
 
 
@@ -211,14 +241,6 @@ def _maps(trunk, params, xb, yb, normalize):
     return _zero_identical(_head_maps(params, fx, fy), xb, yb)
 
 
-def _pair_maps(params, x, y, normalize, dtype, remat, precision):
-    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-    if isinstance(params, DISTSParams):
-        raise ValueError("distance_map is not defined for DISTS (its terms are global statistics per stage)")
-    maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
-    return maps, xb.shape[1:3], unbatched
-
-
 def _layer_means(maps) -> list[jax.Array]:
     return [jnp.mean(m, axis=(-2, -1)) for m in maps]
 
@@ -231,15 +253,26 @@ def _unbatch(a, unbatched):
     return a[0] if unbatched else a
 
 
-def _per_layer(params, x, y, normalize, dtype, remat, precision):
-    """Per-layer ``(N,)`` distances of a pair and whether it came unbatched."""
-    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+def _layers_core(params, xb, yb, *, normalize, dtype, remat, precision):
+    """Per-layer ``(N,)`` distances of a batched pair."""
     if isinstance(params, DISTSParams):
         fx = _dists.features(params, xb, normalize, dtype, remat, precision)
         fy = _dists.features(params, yb, normalize, dtype, remat, precision)
-        return _zero_identical(_dists.stage_terms(params, fx, fy), xb, yb), unbatched
+        return _zero_identical(_dists.stage_terms(params, fx, fy), xb, yb)
     maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
-    return _layer_means(maps), unbatched
+    return tuple(_layer_means(maps))
+
+
+def _map_core(params, xb, yb, *, normalize, dtype, remat, precision):
+    """The ``(N, H, W)`` spatial map of a batched LPIPS pair."""
+    maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
+    ups = [_upsample(m, xb.shape[1:3]) for m in maps]
+    return sum(ups[1:], ups[0])
+
+
+_features_program = _one_program(_features_core)
+_layers_program = _one_program(_layers_core)
+_map_program = _one_program(_map_core)
 
 
 def layer_distances(
@@ -258,7 +291,8 @@ def layer_distances(
     relu1_2 .. relu5_3), the stage's share ``w_k - sum_c (alpha S1 + beta S2)`` with ``w_k``
     its share of the normalised weights.
     """
-    per, unbatched = _per_layer(params, x, y, normalize, dtype, remat, precision)
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    per = _layers_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return tuple(_unbatch(d, unbatched) for d in per)
 
 
@@ -327,9 +361,11 @@ def distance_map(
     Each tap's map is upsampled bilinearly (align_corners=False) to the input size and
     the taps are summed. Not defined for DISTS (``ValueError``).
     """
-    maps, hw, unbatched = _pair_maps(params, x, y, normalize, dtype, remat, precision)
-    ups = [_upsample(m, hw) for m in maps]
-    return _unbatch(sum(ups[1:], ups[0]), unbatched)
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    if isinstance(params, DISTSParams):
+        raise ValueError("distance_map is not defined for DISTS (its terms are global statistics per stage)")
+    m = _map_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+    return _unbatch(m, unbatched)
 
 
 class _Lin(nn.Module):

@@ -70,6 +70,11 @@ def fast_paths(enabled: bool | Iterable[str]) -> Iterator[None]:
         _enabled = before
 
 
+def enabled() -> frozenset[str]:
+    """The CPU fast paths that tracing uses now."""
+    return _enabled
+
+
 def conv2d(
     x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int, padding: int, precision: Any = None
 ) -> jax.Array:

@@ -258,8 +258,9 @@ def no_trunk(monkeypatch):
     def stop(*args, **kwargs):
         raise _Reached
 
-    # every function path builds its trunk here, after the input checks
-    monkeypatch.setattr(lpips_jax._metric, "_trunk_fn", stop)
+    # every function path's computation starts in one of these, after the input checks
+    for name in ("_features_program", "_layers_program", "_map_program"):
+        monkeypatch.setattr(lpips_jax._metric, name, stop)
 
 
 def test_range_small_overshoot_allowed(alex_params, no_trunk):
