@@ -8,7 +8,8 @@ a 2-process job with the command line's own options (``--coordinator 127.0.0.1:P
 --num-processes 2 --process-id I``). Each run writes its outputs with this process's tag
 in the name, so only process 0's may exist. WORKDIR holds the folders ``a``, ``b``
 (``b/3.png`` unreadable: a failure in process 1's share) and ``c``, and a prepared
-miniature BAPPS in ``tfds``. Prints one JSON object: each run's exit code and stderr.
+miniature BAPPS in ``tfds``. Prints one JSON object: each run's exit code, stdout,
+stderr and how much of the work this process did.
 """
 
 from __future__ import annotations
@@ -26,13 +27,43 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 import lpips_jax  # noqa: E402
 from lpips_jax import cli  # noqa: E402
+from lpips_jax import io as lio  # noqa: E402
+from lpips_jax.bapps import evaluate as ev  # noqa: E402
+from lpips_jax.cli import folders  # noqa: E402
+
+# What this process did in the current run: files decoded, pairs it was given to compare
+# (dirs), pairs in its tiles (allpairs), examples it scored (eval).
+WORK = {"reads": 0, "pairs": 0, "tile_pairs": 0, "examples": 0}
+
+
+def _count(module, name: str, key: str, amount) -> None:
+    fn = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        WORK[key] += amount(args, out)
+        return out
+
+    setattr(module, name, counted)
+
+
+_count(lio, "read_pixels", "reads", lambda a, out: 1)
+_count(folders, "_run_pairs", "pairs", lambda a, out: len(a[2]))
+_count(
+    folders,
+    "_tiles_of_this_process",
+    "tile_pairs",
+    lambda a, out: sum(folders._tile_pairs(a[0], t) for t in out),
+)
+_count(ev, "_distances", "examples", lambda a, out: len(a[1]))
 
 
 def run(argv: list[str]) -> dict:
     buf, out = io.StringIO(), io.StringIO()
+    WORK.update(dict.fromkeys(WORK, 0))
     with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(out):
         code = cli.main(argv)
-    return {"code": code, "stdout": out.getvalue(), "stderr": buf.getvalue()[-3000:]}
+    return {"code": code, "stdout": out.getvalue(), "stderr": buf.getvalue()[-3000:], "work": dict(WORK)}
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image
 from test_cli_devices import cpu_devices_env
 
 WORKER = Path(__file__).resolve().parent / "_distributed_worker.py"
-TIMEOUT = 120  # seconds for the reference, and again for the two processes together
+TIMEOUT = 90  # seconds for the reference, and again for the two processes together
 
 
 def _free_port() -> int:
@@ -74,8 +75,9 @@ def job(tmp_path_factory) -> tuple[dict, list[dict], Path]:
         )
         for i in range(2)
     ]
+    deadline = time.monotonic() + TIMEOUT
     try:
-        outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+        outs = [p.communicate(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -106,6 +108,19 @@ def test_output_equals_one_process_and_only_process_0_writes(job, cmd, out, code
     # stdout: process 0 prints what one process prints (the mean last); process 1 nothing.
     assert workers[0]["runs"][cmd]["stdout"] == single["runs"][cmd]["stdout"]
     assert workers[1]["runs"][cmd]["stdout"] == ""
+
+
+def test_each_process_does_its_share(job):
+    """Process 0 reads and compares pairs 0, 2, 4, 6 of ``dirs``, process 1 pairs 1, 3, 5;
+    ``allpairs``' tiles split the 21 pairs; ``eval`` scores 5 of the 10 triplets each."""
+    single, workers, _ = job
+    runs = [w["runs"] for w in [single, *workers]]
+    assert [r["dirs"]["work"]["pairs"] for r in runs] == [7, 4, 3]
+    # Files decoded: two a pair, less b/3.png (unreadable, in process 1's share).
+    assert [r["dirs"]["work"]["reads"] for r in runs] == [13, 8, 5]
+    tiles = [r["allpairs"]["work"]["tile_pairs"] for r in runs]
+    assert tiles[0] == 21 and tiles[1] + tiles[2] == 21 and min(tiles) >= 9
+    assert [r["eval"]["work"]["examples"] for r in runs] == [10, 5, 5]
 
 
 def test_failures_of_another_process_are_reported(job):
