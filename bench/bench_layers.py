@@ -3,13 +3,13 @@
     python bench/bench_layers.py [--nets alex,vgg] [--configs 64x1,64x32,256x1,256x8]
     python bench/bench_layers.py --torch     # add PyTorch's conv (oneDNN) per layer
 
-For each conv of each trunk at each (size, batch), times forward and forward+backward
-(gradient w.r.t. the layer input, as when LPIPS is a loss) of ``impl="xla"``,
-``impl="im2col"``, ``xla>im2col`` (XLA's conv forward, differentiated through im2col: the
-custom JVP ``_split_conv``) and ``impl="auto"`` (what the trunk runs), one after another
-in one process, and prints the rows of the matmul (N*oh*ow) beside the winner. The rule
-in ``lpips_jax._cpu.choose`` was set from such a
-table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
+For each conv of each trunk (``--nets``: any key of ``_nets.LAYERS``) at each (size,
+batch), times forward and forward+backward (gradient w.r.t. the layer input, as when
+LPIPS is a loss) of ``impl="xla"``, ``impl="im2col"``, ``eigen`` (both ways),
+``xla>im2col`` (XLA's conv forward, differentiated through im2col: the custom JVP
+``split_conv``) and ``impl="auto"`` (what the trunk runs), one after another in one
+process, and prints the rows of the matmul (N*oh*ow) beside the winner. The rule in
+``lpips_jax._cpu.choose`` was set from such a table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
 subprocess (all cores), so that each layer's gap to the official package's kernels shows.
 At the end, per trunk, configuration and mode: the sums over all its convs.
 """
@@ -58,6 +58,10 @@ def layer_shapes(net, size, batch):
             c = layer.features
         elif isinstance(layer, _nets.Pool):
             n = _nets.pool_output_size(n, layer.kernel, layer.stride, layer.ceil)
+        elif isinstance(layer, _nets.Blur):  # 3 taps, stride 2, on the padded map
+            n = (n + 2 * layer.pad - 3) // 2 + 1
+        elif isinstance(layer, _nets.L2Pool):  # 3 taps, stride 2, zero padding 1
+            n = (n + 2 - 3) // 2 + 1
     return out
 
 
@@ -105,10 +109,10 @@ def main():
         cmd = [sys.executable, __file__, "--torch-worker", "--nets", args.nets, "--configs", args.configs]
         ref = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     rng = np.random.default_rng(0)
-    impls = ("xla", "im2col", "xla>im2col", "auto")
+    impls = ("xla", "im2col", "eigen", "xla>im2col", "auto")
     print(
         f"{'net':5}{'cfg':>8}{'in':>22}{'k':>4}{'s':>3}{'rows':>8}  mode   xla ms  im2col ms"
-        f"  split ms  auto ms  best" + ("  torch ms  auto/torch" if ref else "")
+        f"  eigen ms  split ms  auto ms  best" + ("  torch ms  auto/torch" if ref else "")
     )
     sums = {}  # (net, cfg, mode) -> [sum of auto, sum of torch] over the trunk's convs
     for net in nets:
@@ -127,6 +131,8 @@ def main():
                         def f(x, k, b, impl=impl):
                             if impl == "xla>im2col":
                                 y = _conv.split_conv(x, k, s, p, "xla", "im2col", None) + b
+                            elif impl == "eigen":
+                                y = _conv.split_conv(x, k, s, p, "eigen", "eigen", None) + b
                             elif impl == "auto":
                                 y = _cpu.conv2d(x, k, s, p, None, _cpu.CONV_PATHS) + b
                             else:
@@ -138,10 +144,10 @@ def main():
                         else:
                             g = jax.jit(jax.grad(lambda x, k, b, f=f: (f(x, k, b) ** 2).sum()))
                         res[impl] = _time(g, x, k, b)
-                    best = min(("xla", "im2col", "xla>im2col"), key=res.get)
+                    best = min(("xla", "im2col", "eigen", "xla>im2col"), key=res.get)
                     line = (
                         f"{net:5}{cfg:>8}{str(xs):>22}{ks[0]:>4}{s:>3}{rows:>8}  {mode:5}"
-                        f"{res['xla'] * 1e3:8.3f}{res['im2col'] * 1e3:11.3f}"
+                        f"{res['xla'] * 1e3:8.3f}{res['im2col'] * 1e3:11.3f}{res['eigen'] * 1e3:10.3f}"
                         f"{res['xla>im2col'] * 1e3:10.3f}{res['auto'] * 1e3:9.3f}  {best:10}"
                     )
                     total = sums.setdefault((net, cfg, mode), [0.0, 0.0])

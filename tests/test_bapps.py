@@ -868,3 +868,19 @@ def test_cli_train_refuses_the_family(tmp_path, capsys):
     for argv in (["--net", "dists"], ["--variant", "shift_tolerant"]):
         assert main(["train", *argv, "--out", str(tmp_path / "o.safetensors"), "--no-progress"]) == 2
         assert "is not trainable here" in capsys.readouterr().err
+
+
+def test_identical_jnd_patches_score_exactly_zero():
+    """JND's ties: identical patches give exactly 0 wherever they sit in a batch (the
+    official model gives 0 there), whatever rounding the batch's convolutions have."""
+    import lpips_jax
+    from lpips_jax.bapps import evaluate as ev
+
+    params = lpips_jax.load("alex")
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    b = a.copy()
+    b[::2] = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)  # pairs 0 and 2 differ
+    (d,) = ev._lpips_batch(params, (a, b), pair=True)
+    d = np.asarray(d)
+    assert d[1] == 0.0 and d[3] == 0.0 and np.all(d[::2] > 0), d

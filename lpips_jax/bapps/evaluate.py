@@ -252,7 +252,9 @@ def _lpips_batch(params: LPIPSParams, images: tuple[jax.Array, ...], pair: bool)
     taps = _metric.features(params, to_unit_official(stacked))
     f = [tuple(t.reshape(n, k, *t.shape[1:])[:, i] for t in taps) for i in range(k)]
     if pair:
-        return (_metric.distance_from_features(params, f[0], f[1]),)
+        # identical patches score exactly 0, as JND's ties need, wherever they sit in the batch
+        d = _metric.distance_from_features(params, f[0], f[1])
+        return _metric._zero_identical((d,), images[0], images[1])
     return (
         _metric.distance_from_features(params, f[0], f[1]),
         _metric.distance_from_features(params, f[0], f[2]),
