@@ -9,8 +9,9 @@ LPIPS is a loss) of ``impl="xla"``, ``impl="im2col"``, ``eigen`` (both ways),
 ``xla>im2col`` (XLA's conv forward, differentiated through im2col: the custom JVP
 ``split_conv``) and ``impl="auto"`` (what the trunk runs), one after another in one
 process, and prints the rows of the matmul (N*oh*ow) beside the winner. The rule in
-``lpips_jax._cpu.choose`` was set from such a table. ``--torch`` first times ``torch.nn.functional.conv2d`` + ReLU on the same shapes in a
-subprocess (all cores), so that each layer's gap to the official package's kernels shows.
+``lpips_jax._cpu.choose`` was set from such a table. ``--torch`` first times
+``torch.nn.functional.conv2d`` + ReLU on the same shapes in a subprocess (all cores), so
+that each layer's gap to the official package's kernels shows.
 At the end, per trunk, configuration and mode: the sums over all its convs.
 """
 
