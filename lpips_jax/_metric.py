@@ -154,10 +154,10 @@ def _features_core(params, xb, *, normalize, dtype, remat, precision):
 
 def _one_program(core):
     """``core(params, *arrays, normalize=, dtype=, remat=, precision=)`` as one jitted
-    program per static setting: called eagerly, the metric would otherwise dispatch and
-    compile op by op (several times the first-call time of one program). The CPU
-    fast-path setting is part of the key, as it acts at trace time. A traced
-    ``normalize`` means the caller is tracing already: ``core`` then runs inline."""
+    program per static setting when called eagerly: op by op, the metric would dispatch
+    and compile each op (several times the first-call time of one program). The CPU
+    fast-path setting is part of the key, as it acts at trace time. Under a trace (the
+    caller's jit, grad, vmap) ``core`` runs inline, in the caller's program."""
 
     def keyed(*arrays, normalize, dtype, remat, precision, fast):
         del fast  # only a cache key
@@ -167,7 +167,8 @@ def _one_program(core):
 
     @functools.wraps(core)
     def call(*arrays, normalize, dtype, remat, precision):
-        if isinstance(normalize, jax.core.Tracer):
+        leaves = jax.tree_util.tree_leaves((arrays, normalize))
+        if any(isinstance(a, jax.core.Tracer) for a in leaves):
             return core(*arrays, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
         return jitted(
             *arrays, normalize=bool(normalize), dtype=dtype, remat=remat, precision=precision,
