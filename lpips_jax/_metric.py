@@ -141,15 +141,11 @@ def _taps(trunk, version, xb, normalize):
     return tuple(normalize_channels(t) for t in trunk(scale_inputs(_checks.widen(xb), version, normalize)))
 
 
-def _features(params: Params, xb, normalize, dtype, remat, precision):
+def _features_core(params: Params, xb, *, normalize, dtype, remat, precision):
     """What the metric compares, of a batch: LPIPS's unit-normalised taps, DISTS' stages."""
     if isinstance(params, DISTSParams):
         return _dists.features(params, xb, normalize, dtype, remat, precision)
     return _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
-
-
-def _features_core(params, xb, *, normalize, dtype, remat, precision):
-    return _features(params, xb, normalize, dtype, remat, precision)
 
 
 def _one_program(core):

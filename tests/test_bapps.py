@@ -723,25 +723,21 @@ def test_scratch_mode_trains_the_trunk(mini):
 # ----------------------------------------------------------------------------- CLI and API
 
 
+def _cli_eval_json(prepared, tmp_path, *argv) -> dict:
+    """``lpips-jax eval ARGV`` on the prepared set in batches of 8: exit 0, its JSON."""
+    from lpips_jax.cli import main
+
+    out = tmp_path / "scores.json"
+    args = ["--tfds-dir", str(prepared), "--batch-size", "8", "--json", str(out), "--no-progress"]
+    assert main(["eval", *argv, *args]) == 0
+    return json.loads(out.read_text())
+
+
 def test_cli_eval_writes_json(prepared, tmp_path):
     import lpips_jax
     from lpips_jax.cli import main
 
-    out = tmp_path / "scores.json"
-    rc = main(
-        [
-            "eval",
-            "--tfds-dir",
-            str(prepared),
-            "--batch-size",
-            "8",
-            "--json",
-            str(out),
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
-    got = json.loads(out.read_text())
+    got = _cli_eval_json(prepared, tmp_path)
     assert set(got) >= {"2afc", "jnd", "net", "version"}
     assert got["net"] == "alex" and got["version"] == "0.1"
     want = lpips_jax.evaluate("lpips", data_dir=prepared, batch_size=8)
@@ -836,26 +832,8 @@ def test_cli_eval_scores_the_family(prepared, tmp_path, argv):
     same scores as evaluating ``distance`` with those params as a plain callable (the
     other code path: per pair, no shared reference features)."""
     import lpips_jax
-    from lpips_jax.cli import main
 
-    out = tmp_path / "scores.json"
-    assert (
-        main(
-            [
-                "eval",
-                *argv,
-                "--tfds-dir",
-                str(prepared),
-                "--batch-size",
-                "8",
-                "--json",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
-    got = json.loads(out.read_text())
+    got = _cli_eval_json(prepared, tmp_path, *argv)
     p = lpips_jax.load("dists") if "dists" in argv else lpips_jax.load("alex", variant="shift_tolerant")
     want = lpips_jax.evaluate(lambda x, y: lpips_jax.distance(p, x, y), data_dir=prepared, batch_size=8)
     for task in ("2afc", "jnd"):
