@@ -281,14 +281,13 @@ EDGE_TOL = {
 }
 
 
+# Each net once, and each dtype's worst net (measured, see the docstring): alex bfloat16, vgg float16.
 @pytest.mark.parametrize(
     "net, dtype",
     [
         ("alex", "float16"),
         pytest.param("alex", "bfloat16", marks=pytest.mark.slow),
         pytest.param("vgg", "float16", marks=pytest.mark.slow),
-        pytest.param("vgg", "bfloat16", marks=pytest.mark.slow),
-        pytest.param("squeeze", "float16", marks=pytest.mark.slow),
         pytest.param("squeeze", "bfloat16", marks=pytest.mark.slow),
     ],
 )
@@ -419,7 +418,7 @@ def test_property_value_and_grad_match_official(case):
 
 
 @pytest.mark.slow
-@settings(max_examples=20, **_PROPERTY_SETTINGS)
+@settings(max_examples=8, **_PROPERTY_SETTINGS)
 @given(_cases())
 def test_property_value_and_grad_match_official_many(case):
     _check_property_case(case)
@@ -480,15 +479,15 @@ def _official_value_and_grad_x(m, xb, yb, normalize, dtype):
 @pytest.mark.parametrize(
     "point",
     [
-        pytest.param("random", marks=pytest.mark.slow),  # each ~35 s
-        pytest.param("nearly flat x", marks=pytest.mark.slow),
+        pytest.param("random and nearly flat x", marks=pytest.mark.slow),  # each ~35 s
         pytest.param("other size", marks=pytest.mark.slow),
     ],
 )
 def test_check_grads_float64_random_squeeze(point):
     """``jax.test_util.check_grads`` (forward and reverse mode against central finite
-    differences, in random directions of x, y and params together) at a few points:
-    random-weight SqueezeNet, random positive heads, float64.
+    differences, in random directions of x, y and params together) at a few points (two
+    pairs of one batch share a compile): random-weight SqueezeNet, random positive heads,
+    float64.
 
     Step 1e-7: the trunk is piecewise linear and a step of 1e-4 (check_grads' default)
     or even 1e-6 crosses a ReLU/max-pool kink at some of these points (seen: 2% off),
@@ -503,8 +502,8 @@ def test_check_grads_float64_random_squeeze(point):
     size = (m + 3, m + 6) if point == "other size" else (m, m)
     x = rng.uniform(-1, 1, (1, *size, 3))
     y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1)
-    if point == "nearly flat x":
-        x = -0.9 + 0.01 * x  # a dark, almost constant image (exactly constant: see above)
+    if point != "other size":  # pair 1: a dark, almost constant x (exactly constant: see above)
+        x, y = np.concatenate([x, -0.9 + 0.01 * x]), np.concatenate([y, y])
     with jax.enable_x64(True):
         args = (to_f64(squeeze_params()), jnp.asarray(x), jnp.asarray(y))
         check_grads(_sum_distance, args, order=1, modes=("fwd", "rev"), eps=1e-7)
