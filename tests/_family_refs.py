@@ -17,7 +17,7 @@ import types
 from pathlib import Path
 
 import numpy as np
-from conftest import to_nchw, trunk_state_dict
+from conftest import to_nchw, torch_init_skipped, trunk_state_dict
 
 
 def dists_weights_file() -> Path:
@@ -44,7 +44,8 @@ def official_dists():
 
     DISTS_pt.models.vgg16 = offline_vgg16
     try:
-        model = DISTS_pt.DISTS(load_weights=False)
+        with torch_init_skipped():  # every weight it uses is loaded here
+            model = DISTS_pt.DISTS(load_weights=False)
     finally:
         DISTS_pt.models.vgg16 = real
     w = torch.load(str(dists_weights_file()), map_location="cpu", weights_only=True)
@@ -66,9 +67,15 @@ def official_stlpips(net: str, spatial: bool = False):
     """``stlpips_pytorch.stlpips.LPIPS(net, variant="shift_tolerant")`` with its own weights."""
     _stub("IPython", embed=lambda *a, **k: None)
     _stub("torchsummary", summary=lambda *a, **k: None)
+    import torch
     from stlpips_pytorch import stlpips
 
-    m = stlpips.LPIPS(net=net, variant="shift_tolerant", spatial=spatial, verbose=False)
+    with torch_init_skipped():  # its weights file holds every weight (checked below)
+        m = stlpips.LPIPS(net=net, variant="shift_tolerant", spatial=spatial, verbose=False)
+    path = Path(stlpips.__file__).parent / "weights" / "vST0.0" / f"{net}_shift_tolerant.pth"
+    loaded = torch.load(str(path), map_location="cpu", weights_only=True).keys()
+    unloaded = [k for k, _ in m.named_parameters() if k not in loaded]
+    assert not unloaded, f"official ST-LPIPS {net}: parameters not in its weights file: {unloaded}"
     for p in m.parameters():
         p.requires_grad_(False)
     return m.eval()

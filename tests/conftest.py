@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import io
@@ -56,14 +57,35 @@ def trunk_state_dict(params) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def torch_init_skipped():
+    """Inside, torch modules are built without their random init (``torch.nn.init``'s
+    fills return their tensor as it is): for references whose every used weight is loaded
+    afterwards. A torchvision VGG16's init (its 120M-weight classifier, which the metrics
+    never run) costs ~2.7 s a model here."""
+    import torch
+
+    init = torch.nn.init
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(init, n, fn)
+
+
 def official_model(net: str, version: str = "0.1", lpips_flag: bool = True, trunk_sd=None):
     """The official ``lpips.LPIPS`` with its own heads and the given torchvision trunk."""
     import lpips
     import torch
 
-    m = lpips.LPIPS(
-        pretrained=True, net=net, version=version, lpips=lpips_flag, pnet_rand=True, verbose=False
-    )
+    with torch_init_skipped() if trunk_sd is not None else contextlib.nullcontext():
+        m = lpips.LPIPS(
+            pretrained=True, net=net, version=version, lpips=lpips_flag, pnet_rand=True, verbose=False
+        )
     if trunk_sd is not None:
         sd = m.net.state_dict()
         new = {}
