@@ -18,13 +18,13 @@ import pytest
 # not depend on it: tolerances come from float64 or the official float32 spread. bench/
 # times XLA's default level; so do the tests with LPIPS_JAX_TEST_FULL_OPT=1, or with a GPU
 # or TPU plugin installed.
-_O0 = "--xla_backend_optimization_level=0"
+O0_FLAG = "--xla_backend_optimization_level=0"
 if (
     not os.environ.get("LPIPS_JAX_TEST_FULL_OPT")
     and not any(importlib.util.find_spec(m) for m in ("jax_plugins", "libtpu"))
-    and _O0 not in os.environ.get("XLA_FLAGS", "")
+    and O0_FLAG not in os.environ.get("XLA_FLAGS", "")
 ):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_O0}".strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {O0_FLAG}".strip()
 
 import jax  # noqa: E402
 

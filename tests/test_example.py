@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import pytest
+from conftest import O0_FLAG
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -31,11 +34,25 @@ def _load(name: str):
 def test_autoencoder_lpips_term_falls(name):
     """25 steps: the held-out LPIPS term falls well below its start (measured 0.53 -> 0.15
     in linen, 0.52 -> 0.15 in NNX; asserted: below 0.6x the start, so a loss that ignores
-    LPIPS or a broken gradient fails) and every logged value is finite."""
-    # optax's Adam computes ``b1 ** count`` (float ** int32), which conftest's strict dtype
-    # promotion rejects: the example runs with JAX's default promotion, as users run it.
-    with jax.numpy_dtype_promotion("standard"):
-        log = _load(name).main(steps=25, log_every=25, verbose=False)
+    LPIPS or a broken gradient fails) and every logged value is finite.
+
+    In a fresh process, as users run it: JAX's default dtype promotion (optax's Adam
+    computes ``b1 ** count``, float ** int32, which conftest's strict promotion rejects) and
+    XLA's default optimisation level (a training loop is run-bound: the suite's -O0 made
+    it 1.5x slower)."""
+    flags = os.environ.get("XLA_FLAGS", "").replace(O0_FLAG, "").strip()
+    code = f"import json, {name}; print(json.dumps({name}.main(steps=25, log_every=25, verbose=False)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=EXAMPLES,
+        env={**os.environ, "XLA_FLAGS": flags},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [r["step"] for r in log] == [0, 25]
     first, last = log[0]["lpips"], log[-1]["lpips"]
     assert 0 < last < 0.6 * first, log
