@@ -418,7 +418,7 @@ def test_property_value_and_grad_match_official(case):
 
 
 @pytest.mark.slow
-@settings(max_examples=8, **_PROPERTY_SETTINGS)
+@settings(max_examples=6, **_PROPERTY_SETTINGS)
 @given(_cases())
 def test_property_value_and_grad_match_official_many(case):
     _check_property_case(case)
