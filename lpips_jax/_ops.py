@@ -1,9 +1,9 @@
-"""The trunks' ops: convolution (the one backend seam), max-pool, and the fixed filters of
+"""The trunks' ops: convolution and max-pool (the backend seam), and the fixed filters of
 DISTS and ST-LPIPS.
 
 The trunks call these and nothing backend-specific. Each is plain ``lax``/``jnp`` with
-JAX's own derivatives: what GPU and TPU run. For the convolution on XLA:CPU, where other
-forms measured faster (``docs/speed.md``), :func:`jax.lax.platform_dependent` swaps in
+JAX's own derivatives: what GPU and TPU run. For the convolution and the max-pool on XLA:CPU,
+where other forms measured faster (``docs/speed.md``), :func:`jax.lax.platform_dependent` swaps in
 those of :mod:`lpips_jax._cpu` when the function is lowered, so the choice follows the
 platform the computation is lowered for (right under ``jax.export`` with several
 platforms, and for CPU arrays on a GPU host), never ``jax.default_backend()``.
@@ -17,12 +17,14 @@ function already jitted keeps the forms it was traced with.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from lpips_jax import _cpu
@@ -108,20 +110,64 @@ def max_pool(x: jax.Array, kernel: int, stride: int, ceil: bool) -> jax.Array:
         x = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(0, ph), (0, pw), (0, 0)], constant_values=-jnp.inf)
     lead = (1,) * (x.ndim - 3)
     window, strides = (*lead, kernel, kernel, 1), (*lead, stride, stride, 1)
-    return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, "VALID")
+
+    def plain(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, "VALID")
+
+    if "pool" not in _enabled:
+        return plain(x)
+    return lax.platform_dependent(x, cpu=lambda x: _cpu.max_pool(x, kernel, stride), default=plain)
 
 
 def _filter3(x: jax.Array, taps, stride: int, pad: tuple[int, int], mode: str) -> jax.Array:
     """The separable 3x3 filter ``taps (x) taps`` of each channel, padded by ``pad`` (before,
     after) on H and W in ``mode`` (``"constant"``: zeros, or ``"reflect"``), with ``stride``."""
-    lead = [(0, 0)] * (x.ndim - 3)
-    x = jnp.pad(x, [*lead, pad, pad, (0, 0)], mode=mode)
     for axis in (x.ndim - 3, x.ndim - 2):
-        n = (x.shape[axis] - 3) // stride + 1
-        a, b, c = (lax.slice_in_dim(x, i, i + stride * (n - 1) + 1, stride, axis) for i in range(3))
-        t0, t1, t2 = (jnp.asarray(t, x.dtype) for t in taps)
-        x = t0 * a + t1 * b + t2 * c
+        x = _filter3_axis(x, taps, stride, pad, mode, axis)
     return x
+
+
+def _filter3_axis(x: jax.Array, taps, stride: int, pad: tuple[int, int], mode: str, axis: int) -> jax.Array:
+    """``_filter3`` along one axis, without a padded copy: the outputs whose window lies in
+    ``x`` from three strided views, the few at the borders from single rows (padding, then
+    filtering, was 2-10x slower forward and 2-7x backward on XLA:CPU, ST-LPIPS's maps)."""
+    n = x.shape[axis]
+    # source row of each padded position (numpy's padding rules, as jnp.pad's); -1: a zero
+    src = (
+        np.pad(np.arange(n), pad, mode="reflect")
+        if mode == "reflect"
+        else np.pad(np.arange(n), pad, constant_values=-1)
+    )
+    m = (len(src) - 3) // stride + 1
+    direct = [0 <= j - pad[0] < n and src[j] == j - pad[0] for j in range(len(src))]
+    inside = [all(direct[stride * i : stride * i + 3]) for i in range(m)]
+    t = [jnp.asarray(v, x.dtype) for v in taps]
+
+    def row(i):  # one output from single rows
+        terms = [
+            tap * lax.slice_in_dim(x, q, q + 1, 1, axis)
+            for tap, q in zip(t, src[stride * i : stride * i + 3].tolist())
+            if q >= 0
+        ]
+        return (
+            functools.reduce(lax.add, terms) if terms else jnp.zeros_like(lax.slice_in_dim(x, 0, 1, 1, axis))
+        )
+
+    parts, i = [], 0
+    while i < m:
+        if not inside[i]:
+            parts.append(row(i))
+            i += 1
+            continue
+        count = next((j for j in range(i, m) if not inside[j]), m) - i
+        start = stride * i - pad[0]
+        a, b, c = (
+            lax.slice_in_dim(x, start + k, start + k + stride * (count - 1) + 1, stride, axis)
+            for k in range(3)
+        )
+        parts.append(t[0] * a + t[1] * b + t[2] * c)
+        i += count
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis)
 
 
 # DISTS' L2 pooling window: np.hanning(5)[1:-1] = (0.5, 1, 0.5) in each direction, the 3x3

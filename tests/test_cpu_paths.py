@@ -35,6 +35,7 @@ def _direct_conv(x, k, b, stride, pad):
 # (input N, H, W, C), kernel, stride, padding, Cout: the trunks' layer kinds at odd sizes.
 CASES = [
     ((2, 23, 19, 3), 11, 4, 2, 8),  # alex conv1
+    ((2, 17, 14, 3), 11, 1, 2, 6),  # ST-LPIPS alex conv1
     ((3, 7, 6, 5), 5, 1, 2, 4),  # alex conv2 on a small map
     ((2, 5, 5, 6), 3, 1, 1, 7),  # vgg / alex 3x3
     ((1, 9, 8, 3), 3, 2, 0, 4),  # squeeze conv1
@@ -49,11 +50,11 @@ def _fast_conv(x, k, b, s, p, impl):
     return _conv.conv(x, k, s, p, impl, None) + b
 
 
-@pytest.mark.parametrize("impl", ["xla", "eigen", "im2col", "s2d", "auto"])
+@pytest.mark.parametrize("impl", ["xla", "eigen", "im2col", "s2d", "rows", "auto"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}x{c[1]}s{c[2]}p{c[3]}")
 def test_conv_matches_direct_definition(case, impl):
     xs, kk, s, p, co = case
-    if impl == "eigen" and s != 1:
+    if impl in ("eigen", "rows") and s != 1:
         with pytest.raises(ValueError, match="stride-1 convs: got stride"):
             _fast_conv(jnp.zeros(xs), jnp.zeros((kk, kk, xs[-1], co)), jnp.zeros(co), s, p, impl)
         return
@@ -106,11 +107,13 @@ def test_rule_on_cpu():
     derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
     for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more
     (and forward for alex's 5x5 conv on small maps); XLA's conv otherwise; for alex's
-    11x11 stride-4 conv, XLA forward and the space-to-depth form for the derivatives."""
+    11x11 stride-4 conv, XLA forward and the space-to-depth form for the derivatives; for
+    ST-LPIPS's stride-1 one, XLA forward and the W-patches form ("rows")."""
     choose = lambda x, k, s: _cpu.choose(x, k, s, jnp.float32, _cpu.CONV_PATHS)  # noqa: E731
     both = ("im2col", "im2col")
     assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == both
     assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == ("xla", "s2d")
+    assert choose((32, 68, 68, 3), (11, 11, 3, 64), 1) == ("xla", "rows")
     assert choose((1, 10, 10, 512), (3, 3, 512, 512), 1) == both  # 8x8 output, 64 rows
     assert choose((32, 6, 6, 512), (3, 3, 512, 512), 1) == both  # 4x4 maps, 512 rows
     assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == ("eigen", "im2col")  # alex 64 b32
@@ -140,6 +143,7 @@ def test_rule_without_some_forms():
 # (forward form, derivative form, input shape, kernel, stride, padding, Cout, seed)
 DERIVATIVE_CASES = [
     ("xla", "s2d", (2, 19, 17, 3), 11, 4, 2, 4, 7),  # alex's first conv
+    ("xla", "rows", (2, 15, 13, 3), 11, 1, 2, 4, 9),  # ST-LPIPS alex's first conv
     ("eigen", "eigen", (2, 9, 7, 5), 3, 1, 1, 6, 3),  # its own input-gradient form
     ("eigen", "im2col", (2, 9, 7, 5), 5, 1, 2, 6, 5),
     ("xla", "im2col", (2, 9, 7, 5), 3, 1, 1, 6, 5),
@@ -191,8 +195,13 @@ def test_eigen_form_keeps_convs_off_ynnpack():
 
 
 # (net, batch, size): each takes a mix of the forms (im2col, split, eigen for the 30x30+
-# maps of vgg at 64; alex's s2d first conv).
-WHOLE = [("alex", 2, 64), ("vgg", 1, 64), pytest.param("squeeze", 1, 40, marks=pytest.mark.slow)]
+# maps of vgg at 64; alex's s2d first conv; ST-LPIPS alex's rows first conv), and the pool.
+WHOLE = [
+    ("alex", 2, 64),
+    ("vgg", 1, 64),
+    ("alex_st", 1, 40),
+    pytest.param("squeeze", 1, 40, marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize(("net", "n", "size"), WHOLE)
@@ -206,7 +215,7 @@ def test_distance_and_gradient_equal_plain_path(net, n, size):
     rng = np.random.default_rng(3)
     x, y = (rng.uniform(-1, 1, (n, size, size, 3)) for _ in range(2))
     with jax.enable_x64():
-        p = to_f64(params_for(net))
+        p = to_f64(lpips_jax.load("alex", variant="shift_tolerant") if net == "alex_st" else params_for(net))
         x, y = jnp.asarray(x), jnp.asarray(y)
         f = lambda p, x, y: jax.value_and_grad(lambda a, b: lpips_jax.distance(p, a, b).sum(), (0, 1))(x, y)  # noqa: E731
         fast = jax.jit(f)(p, x, y)

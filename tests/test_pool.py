@@ -1,12 +1,15 @@
-"""The trunks' max-pool (``lax.reduce_window`` with JAX's own derivative) against
-PyTorch's ``max_pool2d``, in value and in gradient, floor and ceil mode.
+"""The trunks' max-pool against PyTorch's ``max_pool2d``, in value and in gradient, floor
+and ceil mode: the plain one (``lax.reduce_window`` with JAX's own derivative) and the
+XLA:CPU fast path (a maximum of views, differentiated by selects); and the fixed 3x3
+filters of DISTS and ST-LPIPS against their definition.
 
-Where a window holds equal maxima (rounded inputs, constant images, ReLU zeros) the
+Where a window holds equal maxima (rounded inputs, constant images, ReLU zeros) the plain
 gradient has no machine-independent answer: PyTorch keeps the first maximum, XLA's
 select-and-scatter whichever its reduction order meets, and in a trunk which of two
 mathematically equal values is larger depends on the conv kernels' last bit. There the
 tests check what is defined: the value, and a valid gradient (each window's cotangent
-goes, whole, to maxima of that window).
+goes, whole, to maxima of that window). The fast path keeps the first maximum by
+construction, so on exact inputs it equals PyTorch's gradient even with ties.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ import torch
 
 from lpips_jax import _metric, _ops
 
-# (kernel, stride, ceil_mode, NHWC shape): vgg's 2x2/2, alex's 3x3/2, squeeze's ceil mode.
+# (kernel, stride, ceil_mode, NHWC shape): vgg's 2x2/2, alex's 3x3/2, squeeze's ceil mode,
+# ST-LPIPS's stride-1 pools.
 CASES = [
+    (2, 1, False, (1, 7, 6, 2)),
+    (3, 1, False, (2, 9, 8, 3)),
     (2, 2, False, (2, 8, 6, 3)),
     (2, 2, False, (1, 7, 9, 2)),
     (3, 2, False, (2, 9, 11, 2)),
@@ -53,11 +59,15 @@ def _windows(shape, kernel, stride, ceil):
             )
 
 
+@pytest.mark.parametrize("path", ["plain", "cpu-fast"])
 @pytest.mark.parametrize("kind", ["random", "ties", "relu-zeros", "constant"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"k{c[0]}s{c[1]}{'ceil' if c[2] else ''}")
-def test_max_pool_value_and_gradient(case, kind):
+def test_max_pool_value_and_gradient(case, kind, path):
     """Value equal to torch's; gradient equal to torch's without ties, and a valid one
-    with ties: per window, the cotangent lands on that window's maxima and sums to it."""
+    with ties: per window, the cotangent lands on that window's maxima and sums to it.
+    The CPU fast path (where JAX runs on the CPU) equals torch's gradient with ties too."""
+    if path == "cpu-fast" and jax.default_backend() != "cpu":
+        pytest.skip("the fast path is lowered for the CPU only")
     kernel, stride, ceil, shape = case
     rng = np.random.default_rng(sum(shape) + kernel)
     x = _inputs(kind, shape, rng)
@@ -65,12 +75,12 @@ def test_max_pool_value_and_gradient(case, kind):
     yt = torch.nn.functional.max_pool2d(xt, kernel, stride, ceil_mode=ceil)
     g = rng.standard_normal(tuple(yt.shape)).transpose(0, 2, 3, 1)
     (yt * torch.tensor(g.transpose(0, 3, 1, 2))).sum().backward()
-    with jax.enable_x64():
+    with jax.enable_x64(), _ops.fast_paths(["pool"] if path == "cpu-fast" else []):
         y, vjp = jax.vjp(lambda a: _ops.max_pool(a, kernel, stride, ceil), jnp.asarray(x))
         (gx,) = vjp(jnp.asarray(g))
     y, gx = np.asarray(y), np.asarray(gx)
     np.testing.assert_array_equal(y, yt.detach().numpy().transpose(0, 2, 3, 1))
-    if kind == "random":
+    if kind == "random" or path == "cpu-fast":
         np.testing.assert_array_equal(gx, xt.grad.numpy().transpose(0, 2, 3, 1))
         return
     # Split gx into its windows' shares: with ties, a window's share lies on its maxima.
@@ -110,3 +120,48 @@ def test_normalize_channels_batch_of_one_is_the_same_function():
     f, g = jnp.asarray(f64.astype(np.float32)), jnp.asarray(g64.astype(np.float32))
     whole = vg(f, g)
     np.testing.assert_allclose(sum(vg(f[i : i + 1], g[i : i + 1])[0] for i in range(3)), whole[0], rtol=1e-5)
+
+
+def _filter3_definition(x, taps, stride, pad, mode):
+    """The padded map filtered by ``taps (x) taps`` per channel, window by window (float64)."""
+    x = np.pad(x, ((0, 0), pad, pad, (0, 0)), mode=mode)
+    k = np.outer(taps, taps)
+    oh, ow = (x.shape[1] - 3) // stride + 1, (x.shape[2] - 3) // stride + 1
+    out = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+    for i in range(oh):
+        for j in range(ow):
+            out[:, i, j] = np.einsum(
+                "nhwc,hw->nc", x[:, i * stride : i * stride + 3, j * stride : j * stride + 3], k
+            )
+    return out
+
+
+@pytest.mark.parametrize(("op", "mode", "pad"), [("blur", "reflect", 2), ("l2", "constant", 1)])
+@pytest.mark.parametrize("size", [(2, 2), (3, 4), (5, 5), (8, 7), (13, 10)])
+def test_fixed_filters_match_their_definition(op, mode, pad, size):
+    """ST-LPIPS's blur pool (binomial 3x3, reflection padding 2, stride 2) and DISTS' L2
+    pooling (Hanning 3x3 of x^2, zero padding 1, stride 2) against the padded-then-filtered
+    definition, in float64: values, and the gradient as the adjoint of the linear map
+    (built column by column from the definition), at even, odd and tiny sizes."""
+    rng = np.random.default_rng(size[0] * 31 + size[1])
+    x = rng.standard_normal((2, *size, 2))
+    taps = (0.25, 0.5, 0.25)
+    if op == "blur":
+        want = _filter3_definition(x, taps, 2, (pad, pad), mode)
+        f = lambda a: _ops.blur_pool(a, pad)  # noqa: E731
+    else:
+        want = np.sqrt(_filter3_definition(x * x, taps, 2, (pad, pad), mode) + 1e-12)
+        f = _ops.l2_pool
+    g = rng.standard_normal(want.shape)
+    with jax.enable_x64():
+        got, vjp = jax.vjp(f, jnp.asarray(x))
+        (gx,) = vjp(jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-13, atol=1e-13)
+    # the filter F as a matrix: column k is F of the k-th unit input
+    unit = np.eye(x.size).reshape(x.size, *x.shape)
+    matrix = np.stack([_filter3_definition(e, taps, 2, (pad, pad), mode).ravel() for e in unit], axis=1)
+    if op == "blur":
+        want_gx = (matrix.T @ g.ravel()).reshape(x.shape)
+    else:  # d sqrt(F(x^2) + eps) = F(2 x dx) / (2 sqrt(F(x^2) + eps))
+        want_gx = (matrix.T @ (g / (2 * want)).ravel()).reshape(x.shape) * 2 * x
+    np.testing.assert_allclose(np.asarray(gx), want_gx, rtol=1e-12, atol=1e-12)

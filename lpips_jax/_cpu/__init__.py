@@ -9,6 +9,7 @@ re-checked by that A/B on an AVX2-only 2-core x86 CPU.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -17,11 +18,12 @@ import jax.numpy as jnp
 from lpips_jax._cpu import _conv
 
 # im2col: patches and one matmul; eigen: XLA's conv kept off YNNPACK; s2d: alex's strided
-# first conv differentiated as a space-to-depth conv; split: forward and derivatives in
-# different forms. (Measured and removed: channel sums without a leading batch of 1, and a
-# max-pool derivative without select-and-scatter: <= 9% on every row.)
-FAST_PATHS = ("im2col", "eigen", "s2d", "split")
-CONV_PATHS = frozenset(FAST_PATHS)
+# first conv differentiated as a space-to-depth conv; rows: ST-LPIPS alex's stride-1 first
+# conv differentiated as W-patches and a kh x 1 conv; split: forward and derivatives in
+# different forms; pool: the max-pool as a maximum of views, differentiated by selects.
+# (Measured and removed: channel sums without a leading batch of 1: <= 8% on every row.)
+FAST_PATHS = ("im2col", "eigen", "s2d", "rows", "split", "pool")
+CONV_PATHS = frozenset(("im2col", "eigen", "s2d", "rows", "split"))
 
 # Per-layer choice (forward form, derivative form), by output rows (N*oh*ow), map area,
 # kernel and patch size; see docs/speed.md for the per-layer timings behind each rule.
@@ -54,8 +56,8 @@ def _choose_all(x_shape, k_shape, stride) -> tuple[str, str]:
     rows, area = n * oh * ow, oh * ow
     if kh == 1 and kw == 1:
         return "im2col", "im2col"  # a plain matmul
-    if kh > 5:  # alex's 11x11 stride-4 first conv
-        return "xla", ("s2d" if stride > 1 else "xla")
+    if kh > 5:  # alex's 11x11 first conv: stride 4, or 1 in ST-LPIPS
+        return "xla", ("s2d" if stride > 1 else "rows")
     if rows <= _SMALL_ROWS or (area <= _TINY_MAP and rows <= _TINY_MAP_ROWS):
         return "im2col", "im2col"
     if kh == 5 and area <= _K5_MAP and rows <= _K5_ROWS:
@@ -79,3 +81,29 @@ def conv2d(x, kernel, stride: int, padding: int, precision: Any, forms: frozense
     if fwd == jvp and fwd != "eigen":  # one form, JAX's own derivatives
         return _conv.conv(x, kernel, stride, padding, fwd, precision)
     return _conv.split_conv(x, kernel, stride, padding, fwd, jvp, precision)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def max_pool(x, kernel: int, stride: int) -> jax.Array:
+    """The VALID max-pool of ``_ops.max_pool`` as the maximum of the windows' strided views.
+    Its derivative goes to each window's first maximum in row-major order, as JAX's own
+    (select-and-scatter, which XLA:CPU ran 5-7x slower than these selects on ST-LPIPS's
+    stride-1 pools, and its forward ``reduce_window`` 4-8x slower)."""
+    return functools.reduce(jnp.maximum, _pool_views(x, kernel, stride))
+
+
+@max_pool.defjvp
+def _max_pool_jvp(kernel, stride, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    views = _pool_views(x, kernel, stride)
+    y = functools.reduce(jnp.maximum, views)
+    tangent_views = _pool_views(dx, kernel, stride)
+    dy = tangent_views[-1]
+    for v, t in zip(views[-2::-1], tangent_views[-2::-1]):  # the first maximum wins
+        dy = jnp.where(v == y, t, dy)
+    return y, dy
+
+
+def _pool_views(x, kernel, stride):
+    oh, ow = (x.shape[-3] - kernel) // stride + 1, (x.shape[-2] - kernel) // stride + 1
+    return _conv.window_slices(x, (kernel, kernel), stride, oh, ow)
