@@ -1,10 +1,10 @@
 """XLA:CPU fast paths behind :mod:`lpips_jax._ops`: the only backend-specific code.
 
-Each form computes the same conv as the plain one in ``_ops`` (tests compare them in
-float64); each is kept because an interleaved A/B of the whole distance showed it pays
->= 15% on some benchmark row (``docs/speed.md``, "A/B of the CPU fast paths"). Chosen per
-layer from the shapes, which are static; the thresholds were measured on AVX-512 and
-re-checked by that A/B on an AVX2-only 2-core x86 CPU.
+Each conv form computes the same conv as the plain one in ``_ops``, and :func:`max_pool`
+the same max-pool (tests compare them in float64); each is kept because an interleaved
+A/B of the whole distance showed it pays >= 15% on some benchmark row (``docs/speed.md``).
+Conv forms are chosen per layer from the shapes, which are static; the thresholds were
+measured on AVX-512 and re-checked by that A/B on an AVX2-only 2-core x86 CPU.
 """
 
 from __future__ import annotations
