@@ -68,6 +68,8 @@ def test_max_pool_value_and_gradient(case, kind, path):
     The CPU fast path (where JAX runs on the CPU) equals torch's gradient with ties too."""
     if path == "cpu-fast" and jax.default_backend() != "cpu":
         pytest.skip("the fast path is lowered for the CPU only")
+    if path == "cpu-fast" and kind == "random":
+        pytest.skip("the tied inputs check the same equality, on harder windows")
     kernel, stride, ceil, shape = case
     rng = np.random.default_rng(sum(shape) + kernel)
     x = _inputs(kind, shape, rng)
@@ -137,7 +139,7 @@ def _filter3_definition(x, taps, stride, pad, mode):
 
 
 @pytest.mark.parametrize(("op", "mode", "pad"), [("blur", "reflect", 2), ("l2", "constant", 1)])
-@pytest.mark.parametrize("size", [(2, 2), (3, 4), (5, 5), (8, 7), (13, 10)])
+@pytest.mark.parametrize("size", [(2, 2), (5, 4), (8, 7)])
 def test_fixed_filters_match_their_definition(op, mode, pad, size):
     """ST-LPIPS's blur pool (binomial 3x3, reflection padding 2, stride 2) and DISTS' L2
     pooling (Hanning 3x3 of x^2, zero padding 1, stride 2) against the padded-then-filtered
@@ -157,9 +159,9 @@ def test_fixed_filters_match_their_definition(op, mode, pad, size):
         got, vjp = jax.vjp(f, jnp.asarray(x))
         (gx,) = vjp(jnp.asarray(g))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-13, atol=1e-13)
-    # the filter F as a matrix: column k is F of the k-th unit input
-    unit = np.eye(x.size).reshape(x.size, *x.shape)
-    matrix = np.stack([_filter3_definition(e, taps, 2, (pad, pad), mode).ravel() for e in unit], axis=1)
+    # the filter F as a matrix: column k is F of the k-th unit input (all in one batch)
+    unit = np.eye(x.size).reshape(x.size * x.shape[0], *x.shape[1:])
+    matrix = _filter3_definition(unit, taps, 2, (pad, pad), mode).reshape(x.size, -1).T
     if op == "blur":
         want_gx = (matrix.T @ g.ravel()).reshape(x.shape)
     else:  # d sqrt(F(x^2) + eps) = F(2 x dx) / (2 sqrt(F(x^2) + eps))
