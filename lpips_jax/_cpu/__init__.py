@@ -24,7 +24,7 @@ from lpips_jax._cpu import _conv
 # different forms; pool: the max-pool as a maximum of views, differentiated by selects.
 # (Measured and removed: channel sums without a leading batch of 1: <= 8% on every row.)
 FAST_PATHS = ("im2col", "eigen", "s2d", "rows", "split", "pool")
-CONV_PATHS = frozenset(("im2col", "eigen", "s2d", "rows", "split"))
+CONV_PATHS = frozenset(FAST_PATHS) - {"pool"}
 
 # Per-layer choice (forward form, derivative form), by output rows (N*oh*ow), map area,
 # kernel and patch size; see docs/speed.md for the per-layer timings behind each rule.
