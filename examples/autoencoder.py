@@ -96,7 +96,7 @@ def main(
     lp = lpips_jax.load("alex")
     model = AutoEncoder()
     held_out = photo_crops(64, np.random.default_rng(seed + 1))
-    ae_params = model.init(jax.random.key(seed), held_out[:1])
+    ae_params = jax.jit(model.init)(jax.random.key(seed), held_out[:1])  # one compile, not one per op
     tx = optax.adam(learning_rate)
     opt_state = tx.init(ae_params)
     train_step, evaluate = make_train_step(model, tx, lpips_weight)

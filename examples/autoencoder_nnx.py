@@ -85,7 +85,7 @@ def main(
     at step 0, every ``log_every`` steps and at the end."""
     rng = np.random.default_rng(seed)
     lp = lpips_jax.nnx.LPIPS("alex")
-    model = AutoEncoder(rngs=nnx.Rngs(seed))
+    model = nnx.jit(lambda: AutoEncoder(rngs=nnx.Rngs(seed)))()  # one compile, not one per op
     held_out = photo_crops(64, np.random.default_rng(seed + 1))
     optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
     train_step, evaluate = make_train_step(lpips_weight)

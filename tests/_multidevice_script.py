@@ -95,15 +95,19 @@ def main() -> None:
     out["shard_map_grad_x_rel"] = rel(gxsm, g1[1])
     out["shard_map_grad_params_rel"] = tree_rel(gpsm, g1[0])
 
-    # The family: DISTS and ST-LPIPS shard the same way (value and gradient w.r.t. x).
+    # The family: DISTS and ST-LPIPS shard the same way (value and gradient w.r.t. x, from
+    # one program each: the distances ride along as the gradient's aux output).
+    def loss_and_distances(p, a, b):
+        d = lpips_jax.distance(p, a, b)
+        return d.mean(), d
+
     for name, p in (
         ("dists", lpips_jax.load("dists")),
         ("alex_st", lpips_jax.load("alex", variant="shift_tolerant")),
     ):
-        gx = jax.jit(jax.grad(loss, 1))
-        v1, g1x = dist(p, x, y), gx(p, x, y)
-        pr = jax.device_put(p, replicated)
-        v8, g8x = dist(pr, xs, ys), gx(pr, xs, ys)
+        value_and_grad_x = jax.jit(jax.grad(loss_and_distances, 1, has_aux=True))
+        g1x, v1 = value_and_grad_x(p, x, y)
+        g8x, v8 = value_and_grad_x(jax.device_put(p, replicated), xs, ys)
         out[f"{name}_jit_distance_rel"] = rel(v8, v1)
         out[f"{name}_jit_grad_x_rel"] = rel(g8x, g1x)
         out[f"{name}_sharded_over_batch"] = v8.sharding.is_equivalent_to(batch, 1)

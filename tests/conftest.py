@@ -12,19 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The suite is compile-bound on XLA:CPU: there it compiles with LLVM at -O0 (alex's
-# fwd+bwd at 2x64x64 in 3.1 s instead of 5.3 s; a third off the heaviest modules), set
-# before JAX starts and inherited by the tests' subprocesses. What the tests check does
-# not depend on it: tolerances come from float64 or the official float32 spread. bench/
-# times XLA's default level; so do the tests with LPIPS_JAX_TEST_FULL_OPT=1, or with a GPU
-# or TPU plugin installed.
-O0_FLAG = "--xla_backend_optimization_level=0"
-if (
-    not os.environ.get("LPIPS_JAX_TEST_FULL_OPT")
-    and not any(importlib.util.find_spec(m) for m in ("jax_plugins", "libtpu"))
-    and O0_FLAG not in os.environ.get("XLA_FLAGS", "")
+# The suite is compile-bound on XLA:CPU: there it compiles with LLVM at -O0 and XLA's
+# older fusion emitters (alex's fwd+bwd at 2x64x64 in 0.5 s instead of 1.2 s at -O0 alone
+# and 5.3 s at the defaults), set before JAX starts and inherited by the tests'
+# subprocesses. What the tests check does not depend on it: tolerances come from float64
+# or the official float32 spread. bench/ times XLA's defaults; so do the tests with
+# LPIPS_JAX_TEST_FULL_OPT=1, or with a GPU or TPU plugin installed.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+if not os.environ.get("LPIPS_JAX_TEST_FULL_OPT") and not any(
+    importlib.util.find_spec(m) for m in ("jax_plugins", "libtpu")
 ):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {O0_FLAG}".strip()
+    _flags = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in FAST_COMPILE_FLAGS if f not in _flags])
 
 import jax  # noqa: E402
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import O0_FLAG
+from conftest import FAST_COMPILE_FLAGS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -38,9 +38,9 @@ def test_autoencoder_lpips_term_falls(name):
 
     In a fresh process, as users run it: JAX's default dtype promotion (optax's Adam
     computes ``b1 ** count``, float ** int32, which conftest's strict promotion rejects) and
-    XLA's default optimisation level (a training loop is run-bound: the suite's -O0 made
+    XLA's default compile flags (a training loop is run-bound: the suite's -O0 made
     it 1.5x slower)."""
-    flags = os.environ.get("XLA_FLAGS", "").replace(O0_FLAG, "").strip()
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in FAST_COMPILE_FLAGS)
     code = f"import json, {name}; print(json.dumps({name}.main(steps=25, log_every=25, verbose=False)))"
     proc = subprocess.run(
         [sys.executable, "-c", code],
