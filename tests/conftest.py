@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 # The suite is compile-bound on XLA:CPU: there it compiles with LLVM at -O0 and XLA's
-# older fusion emitters (alex's fwd+bwd at 2x64x64 in 0.5 s instead of 1.2 s at -O0 alone
-# and 5.3 s at the defaults), set before JAX starts and inherited by the tests'
+# older fusion emitters (alex's fwd+bwd at 2x64x64 compiles in 0.5 s instead of 1.2 s at -O0
+# alone), set before JAX starts and inherited by the tests'
 # subprocesses. What the tests check does not depend on it: tolerances come from float64
 # or the official float32 spread. bench/ times XLA's defaults; so do the tests with
 # LPIPS_JAX_TEST_FULL_OPT=1, or with a GPU or TPU plugin installed.
