@@ -46,6 +46,8 @@ RTOL_MAP64 = RTOL_BASELINE if jax.default_backend() == "cpu" else 2 * RTOL_BASEL
 @functools.cache
 def _squeeze_file() -> str:
     """A random torchvision squeezenet1_1 with the lpips heads, converted by convert/."""
+    import atexit
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -54,6 +56,7 @@ def _squeeze_file() -> str:
     from convert import main as convert_main
 
     d = Path(tempfile.mkdtemp(prefix="lpips_jax_sq_"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)  # 11 MB a run, gone with the worker
     torch.save(random_squeeze(0), d / "sq.pth")
     for v in ("0.0", "0.1"):
         heads = Path(lpips.__file__).parent / "weights" / f"v{v}" / "squeeze.pth"
