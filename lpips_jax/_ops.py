@@ -156,7 +156,7 @@ def _filter3_axis(x: jax.Array, taps, stride: int, pad: tuple[int, int], axis: i
             for k in range(3)
         )
         parts.append(t[0] * a + t[1] * b + t[2] * c)
-    parts += [row(i) for i in range(max(hi, lo), m)]
+    parts += [row(i) for i in range(hi, m)]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis)
 
 

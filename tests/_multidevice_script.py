@@ -105,9 +105,9 @@ def main() -> None:
         ("dists", lpips_jax.load("dists")),
         ("alex_st", lpips_jax.load("alex", variant="shift_tolerant")),
     ):
-        value_and_grad_x = jax.jit(jax.grad(loss_and_distances, 1, has_aux=True))
-        g1x, v1 = value_and_grad_x(p, x, y)
-        g8x, v8 = value_and_grad_x(jax.device_put(p, replicated), xs, ys)
+        grad_x_and_distances = jax.jit(jax.grad(loss_and_distances, 1, has_aux=True))
+        g1x, v1 = grad_x_and_distances(p, x, y)
+        g8x, v8 = grad_x_and_distances(jax.device_put(p, replicated), xs, ys)
         out[f"{name}_jit_distance_rel"] = rel(v8, v1)
         out[f"{name}_jit_grad_x_rel"] = rel(g8x, g1x)
         out[f"{name}_sharded_over_batch"] = v8.sharding.is_equivalent_to(batch, 1)
