@@ -105,8 +105,9 @@ def test_unknown_form_is_refused():
 def test_rule_on_cpu():
     """The measured rule (lpips_jax/_cpu, bench/bench_layers.py), as (forward,
     derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
-    for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more
-    (and forward for alex's 5x5 conv on small maps); XLA's conv otherwise; for alex's
+    for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more,
+    and of 8x8 and more past the split's rows (forward only for alex's 5x5 conv on small
+    maps); XLA's conv otherwise; for alex's
     11x11 stride-4 conv, XLA forward and the space-to-depth form for the derivatives; for
     ST-LPIPS's stride-1 one, XLA forward and the W-patches form ("rows")."""
     choose = lambda x, k, s: _cpu.choose(x, k, s, jnp.float32, _cpu.CONV_PATHS)  # noqa: E731
@@ -124,7 +125,9 @@ def test_rule_on_cpu():
     assert choose((1, 35, 35, 64), (5, 5, 64, 192), 1) == eigen  # alex 256 b1
     assert choose((1, 34, 34, 512), (3, 3, 512, 512), 1) == eigen
     assert choose((32, 66, 66, 64), (3, 3, 64, 64), 1) == eigen
-    assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 2048 rows
+    assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == eigen  # 8x8 maps, 2048 rows
+    assert choose((32, 19, 19, 256), (3, 3, 256, 256), 1) == eigen  # ST-LPIPS vgg 64 b32
+    assert choose((32, 9, 9, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 7x7 maps
     assert choose((128, 11, 11, 64), (5, 5, 64, 192), 1) == ("xla", "xla")  # 6272 rows
     assert choose((1, 65, 65, 3), (3, 3, 3, 64), 2) == ("xla", "xla")  # squeeze's first
 

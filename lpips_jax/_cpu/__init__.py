@@ -33,7 +33,8 @@ _TINY_MAP, _TINY_MAP_ROWS = 16, 512  # ... or maps of <= 4x4 up to 512 rows
 _K5_MAP, _K5_ROWS = 64, 4096  # alex's 5x5 conv on maps of <= 8x8
 _SPLIT_ROWS, _SPLIT_PATCH = 1024, 10 * 2**20 // 4  # XLA forward, im2col derivatives
 _STEM_PATCH = 16 * 2**20 // 4  # the first conv (3 channels): im2col derivatives up to 16 MB
-_EIGEN_AREA = 900  # maps of 30x30 and more: Eigen both ways
+_EIGEN_AREA = 900  # maps of 30x30 and more: Eigen both ways ...
+_EIGEN_BATCH_AREA = 64  # ... and of 8x8 and more past the split's rows (batched small maps)
 
 
 def choose(x_shape, k_shape, stride, dtype, forms: frozenset[str]) -> tuple[str, str]:
@@ -70,6 +71,8 @@ def _choose_all(x_shape, k_shape, stride) -> tuple[str, str]:
         return "eigen", "eigen"
     if stride == 1 and rows <= _SPLIT_ROWS and patch <= _SPLIT_PATCH:
         return "xla", "im2col"
+    if stride == 1 and area >= _EIGEN_BATCH_AREA:
+        return "eigen", "eigen"
     return "xla", "xla"
 
 
