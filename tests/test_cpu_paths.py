@@ -107,9 +107,9 @@ def test_rule_on_cpu():
     derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
     for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more,
     and of 8x8 and more past the split's rows (forward only for alex's 5x5 conv on small
-    maps); XLA's conv otherwise; for alex's
-    11x11 stride-4 conv, XLA forward and the space-to-depth form for the derivatives; for
-    ST-LPIPS's stride-1 one, XLA forward and the W-patches form ("rows")."""
+    maps); XLA's conv otherwise; for alex's 11x11 stride-4 conv, XLA forward and the
+    space-to-depth form for the derivatives; for ST-LPIPS's stride-1 one, XLA forward and
+    the W-patches form ("rows")."""
     choose = lambda x, k, s: _cpu.choose(x, k, s, jnp.float32, _cpu.CONV_PATHS)  # noqa: E731
     both = ("im2col", "im2col")
     assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == both

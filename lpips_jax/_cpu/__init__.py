@@ -4,7 +4,8 @@ Each conv form computes the same conv as the plain one in ``_ops``, and :func:`m
 the same max-pool (tests compare them in float64); each is kept because an interleaved
 A/B of the whole distance showed it pays >= 15% on some benchmark row (``docs/speed.md``).
 Conv forms are chosen per layer from the shapes, which are static; the thresholds were
-measured on AVX-512 and re-checked by that A/B on an AVX2-only 2-core x86 CPU.
+measured on AVX-512 and re-checked by that A/B on an AVX2-only 2-core x86 CPU, except
+``_EIGEN_BATCH_AREA``, measured on AVX-512 alone.
 """
 
 from __future__ import annotations
