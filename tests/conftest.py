@@ -30,7 +30,10 @@ if not os.environ.get("LPIPS_JAX_TEST_FULL_OPT") and not any(
 import jax  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO.parent / "shared" / "data" / "lpips_examples"
+# Test data (with source and licence) lives in tests/data: a clone runs every test.
+DATA = Path(__file__).resolve().parent / "data"
+EXAMPLES = DATA / "lpips_examples"
+DISTS_EXAMPLES = DATA / "dists_examples"
 
 # Strict dtype promotion: no silent float64/int promotion inside the library.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -156,8 +159,6 @@ def to_unit(img_u8: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
-    if not EXAMPLES.is_dir():
-        pytest.skip(f"official example images not found at {EXAMPLES}")
     return EXAMPLES
 
 

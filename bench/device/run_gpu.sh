@@ -7,13 +7,11 @@
 #   echo /.dev/ >> .git/info/exclude
 #   python bench/device/pack_trunks.py pack
 #   pip download --no-deps lpips==0.1.4 -d .dev/whl
-#   cp -r ../shared .dev/shared            # the official example images for the tests
 #   mv weights/*_trunk.safetensors /tmp/   # and back after the run
 # then run `bash bench/device/run_gpu.sh` with carry [".dev"], timeout ~560 s
 # (measured on one H100: about 410 s).
 export PYTHONUNBUFFERED=1
 python3 bench/device/pack_trunks.py unpack || exit 1
-[ -e ../shared ] || cp -r .dev/shared ../shared
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .dev/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
