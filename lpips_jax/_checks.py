@@ -101,8 +101,22 @@ def check_images(x: Any, y: Any, net: str) -> None:
                 f"(minimum sizes: " + ", ".join(f"{n} {_nets.min_size(n)}" for n in _nets.LAYERS) + ")"
             )
     xs, ys = _shape_dtype("x", x)[0], _shape_dtype("y", y)[0]
-    if xs != ys:
-        raise ValueError(f"x and y must have the same shape: got x {xs} and y {ys}")
+    if xs != ys and not _batch_one_against_n(xs, ys):
+        raise ValueError(
+            f"x and y must have the same shape, or one of them a batch of 1 (1, H, W, 3) "
+            f"against the other's (N, H, W, 3): got x {xs} and y {ys}"
+        )
+
+
+def _batch_one_against_n(xs: tuple[int, ...], ys: tuple[int, ...]) -> bool:
+    """Both batched, of equal image shapes, and one of them a batch of 1 (it broadcasts)."""
+    return len(xs) == len(ys) == 4 and xs[1:] == ys[1:] and 1 in (xs[0], ys[0])
+
+
+@jax.jit
+def _extrema(a: jax.Array) -> jax.Array:
+    """``[min, max]`` of ``a`` as one ``(2,)`` array, computed on ``a``'s device."""
+    return jnp.stack([jnp.min(a), jnp.max(a)])
 
 
 def check_range(name: str, a: Any, normalize: bool) -> None:
@@ -113,10 +127,13 @@ def check_range(name: str, a: Any, normalize: bool) -> None:
     """
     if isinstance(a, jax.core.Tracer) or isinstance(normalize, jax.core.Tracer):
         return
-    arr = np.asarray(a)
-    if arr.size == 0:
+    if np.size(a) == 0:
         return
-    lo, hi = float(arr.min()), float(arr.max())
+    if isinstance(a, jax.Array):  # reduced where it lives: two scalars reach the host, not the image
+        lo, hi = (float(v) for v in jax.device_get(_extrema(a)))
+    else:
+        arr = np.asarray(a)
+        lo, hi = float(arr.min()), float(arr.max())
     expect = (0.0, 1.0) if normalize else (-1.0, 1.0)
     slack = 0.5
     if not (np.isfinite(lo) and np.isfinite(hi)):

@@ -2,7 +2,8 @@
 formula on shift-tolerant trunks) here, DISTS in :mod:`lpips_jax._dists`.
 
 Contract: images are NHWC ``(N, H, W, 3)`` or unbatched ``(H, W, 3)`` float arrays with
-values in ``[-1, 1]`` (``[0, 1]`` with ``normalize=True``). ``distance`` returns ``(N,)``
+values in ``[-1, 1]`` (``[0, 1]`` with ``normalize=True``); a batch of 1 ``(1, H, W, 3)``
+broadcasts against a batch of N (its features computed once). ``distance`` returns ``(N,)``
 (or ``()``), ``distance_map`` returns ``(N, H, W)`` (or ``(H, W)``), ``layer_distances``
 a tuple of ``(N,)`` (or ``()``) arrays, one per tap. Results are float32.
 
@@ -307,7 +308,8 @@ def distance(
 
     Args:
       params: from :func:`lpips_jax.load`.
-      x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``.
+      x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``; either may
+        be a batch of 1 ``(1, H, W, 3)`` against the other's N (broadcast).
       normalize: inputs are in ``[0, 1]`` instead.
       dtype: compute dtype of the trunk (e.g. ``jnp.bfloat16``) after its first conv,
         which stays float32; params stay float32, normalisation and reductions run in

@@ -10,6 +10,7 @@ scale, plus facts about shardings and the compiled programs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -38,6 +39,28 @@ def tree_rel(a, b) -> float:
     return max(rel(u, v) for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+@contextlib.contextmanager
+def host_reads(seen: list):
+    """Within, record the size of every array read to the host by the ways a sharded
+    ``jax.Array`` reaches NumPy (``np.asarray``, ``jax.device_get``, ``float``)."""
+    from jax._src.array import ArrayImpl
+
+    names = ("__array__", "_single_device_array_to_np_array_did_copy")
+    saved = {n: ArrayImpl.__dict__[n] for n in (*names, "_value")}
+
+    def spy(fn):
+        return lambda self, *a, **k: (seen.append(self.size), fn(self, *a, **k))[1]
+
+    try:
+        for n in names:
+            setattr(ArrayImpl, n, spy(saved[n]))
+        ArrayImpl._value = property(spy(saved["_value"].fget))
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(ArrayImpl, n, v)
+
+
 def loss(p, x, y):
     return lpips_jax.distance(p, x, y).mean()
 
@@ -63,6 +86,19 @@ def main() -> None:
     out["jit_distance_rel"] = rel(d8, d1)
     out["jit_distance_sharded_over_batch"] = d8.sharding.is_equivalent_to(batch, 1)
     out["jit_distance_shards"] = len(d8.addressable_shards)
+
+    # Eager calls on device arrays: the range check reads two scalars per image, never an
+    # image (the spy sees a whole image when one is read: the control).
+    lpips_jax.distance(ps, xs, ys).block_until_ready()  # compiled before counting
+    control, seen = [], []
+    with host_reads(control):
+        np.asarray(xs)
+    with host_reads(seen):
+        de = lpips_jax.distance(ps, xs, ys)
+        de.block_until_ready()
+    out["eager_control_read"] = max(control, default=0)
+    out["eager_largest_host_read"] = max(seen, default=0)
+    out["eager_distance_rel"] = rel(de, d1)
     grad = jax.jit(jax.grad(loss, (0, 1))).lower(ps, xs, ys).compile()  # one compile, and its HLO
     gp8, gx8 = grad(ps, xs, ys)
     out["jit_grad_x_rel"] = rel(gx8, g1[1])

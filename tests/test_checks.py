@@ -90,10 +90,17 @@ def test_wrong_channels_on_y(dist, alex_params):
 
 @pytest.mark.parametrize(
     ("xs", "ys"),
-    [((2, 64, 64, 3), (1, 64, 64, 3)), ((64, 64, 3), (1, 64, 64, 3)), ((64, 64, 3), (64, 72, 3))],
+    [
+        ((2, 64, 64, 3), (3, 64, 64, 3)),
+        ((64, 64, 3), (1, 64, 64, 3)),
+        ((64, 64, 3), (2, 64, 64, 3)),
+        ((1, 64, 64, 3), (2, 64, 72, 3)),
+        ((64, 64, 3), (64, 72, 3)),
+    ],
 )
 def test_unequal_shapes(dist, alex_params, xs, ys):
-    msg = r"x and y must have the same shape: got x \(.*\) and y \(.*\)"
+    """Shapes that are neither equal nor a batch of 1 against a batch of N (same H, W)."""
+    msg = r"x and y must have the same shape, or one of them a batch of 1 .*: got x \(.*\) and y \(.*\)"
     with pytest.raises(ValueError, match=msg) as e:
         dist(alex_params, _img(xs), _img(ys))
     assert str(xs) in str(e.value) and str(ys) in str(e.value)

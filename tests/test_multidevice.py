@@ -60,6 +60,15 @@ def test_named_sharding_under_jit(results):
 
 
 @pytest.mark.multidevice
+def test_eager_call_reads_no_image_to_host(results):
+    """An eager ``distance`` on sharded device arrays reads at most a scalar per value to
+    the host (the range check's min and max), while reading an image is seen (control)."""
+    assert results["eager_control_read"] == 16 * 32 * 32 * 3
+    assert 0 < results["eager_largest_host_read"] <= 2
+    assert results["eager_distance_rel"] <= TOL_VALUE
+
+
+@pytest.mark.multidevice
 def test_shard_map(results):
     """The plain function per device under ``shard_map``; a global-mean loss with ``psum``."""
     assert results["shard_map_distance_rel"] <= TOL_VALUE
