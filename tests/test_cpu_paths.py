@@ -1,20 +1,26 @@
 """The XLA:CPU fast paths (``lpips_jax._cpu``) against the plain path: each conv form
 against a direct float64 loop in NumPy (value and adjoints), the split forms' derivatives
-of every order against XLA's conv, the per-layer rule, and the whole distance and its
+of every order against XLA's conv, the per-layer rule by what it does (for every conv of
+every trunk at the benchmark sizes it picks forms defined for that conv, and each pair it
+may pick equals XLA's conv there, value and gradients), and the whole distance and its
 gradient with and without the fast paths, in float64.
 
 The parity tests reach each form only at the sizes where the rule picks it, so every form
-is checked here on every kernel/stride/padding the three trunks use.
+is checked here on every kernel/stride/padding the trunks use.
 """
 
 from __future__ import annotations
+
+import functools
+import itertools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lpips_jax import _cpu, _ops
+from lpips_jax import _cpu, _nets, _ops
 from lpips_jax._cpu import _conv
 
 
@@ -101,35 +107,122 @@ def test_unknown_form_is_refused():
             pass
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is for XLA:CPU")
-def test_rule_on_cpu():
-    """The measured rule (lpips_jax/_cpu, bench/bench_layers.py), as (forward,
-    derivatives): im2col for 1x1 convs and small outputs; XLA forward and im2col backward
-    for mid-size outputs and the first conv; the "eigen" forms on maps of 30x30 and more,
-    and of 8x8 and more past the split's rows (forward only for alex's 5x5 conv on small
-    maps); XLA's conv otherwise; for alex's 11x11 stride-4 conv, XLA forward and the
-    space-to-depth form for the derivatives; for ST-LPIPS's stride-1 one, XLA forward and
-    the W-patches form ("rows")."""
-    choose = lambda x, k, s: _cpu.choose(x, k, s, jnp.float32, _cpu.CONV_PATHS)  # noqa: E731
-    both = ("im2col", "im2col")
-    assert choose((1, 64, 64, 3), (1, 1, 3, 8), 1) == both
-    assert choose((1, 68, 68, 3), (11, 11, 3, 64), 4) == ("xla", "s2d")
-    assert choose((32, 68, 68, 3), (11, 11, 3, 64), 1) == ("xla", "rows")
-    assert choose((1, 10, 10, 512), (3, 3, 512, 512), 1) == both  # 8x8 output, 64 rows
-    assert choose((32, 6, 6, 512), (3, 3, 512, 512), 1) == both  # 4x4 maps, 512 rows
-    assert choose((32, 11, 11, 64), (5, 5, 64, 192), 1) == ("eigen", "im2col")  # alex 64 b32
-    assert choose((1, 18, 18, 256), (3, 3, 256, 256), 1) == ("xla", "im2col")  # 16x16 b1
-    assert choose((1, 66, 66, 3), (3, 3, 3, 64), 1) == ("xla", "im2col")  # vgg's first conv
-    eigen = ("eigen", "eigen")  # maps of 30x30 and more
-    assert choose((1, 1026, 1026, 3), (3, 3, 3, 64), 1) == eigen  # ... up to 16 MB
-    assert choose((1, 35, 35, 64), (5, 5, 64, 192), 1) == eigen  # alex 256 b1
-    assert choose((1, 34, 34, 512), (3, 3, 512, 512), 1) == eigen
-    assert choose((32, 66, 66, 64), (3, 3, 64, 64), 1) == eigen
-    assert choose((32, 10, 10, 512), (3, 3, 512, 512), 1) == eigen  # 8x8 maps, 2048 rows
-    assert choose((32, 19, 19, 256), (3, 3, 256, 256), 1) == eigen  # ST-LPIPS vgg 64 b32
-    assert choose((32, 9, 9, 512), (3, 3, 512, 512), 1) == ("xla", "xla")  # 7x7 maps
-    assert choose((128, 11, 11, 64), (5, 5, 64, 192), 1) == ("xla", "xla")  # 6272 rows
-    assert choose((1, 65, 65, 3), (3, 3, 3, 64), 2) == ("xla", "xla")  # squeeze's first
+# The benchmark configurations of bench/bench_speed.py, (size, batch), and every trunk of
+# _nets.LAYERS: LPIPS' alex, vgg and squeeze, DISTS' VGG16 (its L2 pools change the map
+# sizes), the shift-tolerant alex_st and vgg_st, and any other the table holds.
+BENCH_CONFIGS = ((64, 1), (64, 32), (256, 1), (256, 8))
+TRUNKS = tuple(_nets.LAYERS)
+DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16, jnp.float64)
+# Every subset of the conv forms a user can enable (LPIPS_JAX_CPU_FAST_PATHS).
+_FORMS = sorted(_cpu.CONV_PATHS)
+FORM_SETS = [frozenset(c) for r in range(len(_FORMS) + 1) for c in itertools.combinations(_FORMS, r)]
+
+
+@functools.cache
+def _trunk_convs(net, size, batch):
+    """``(input shape, kernel shape, stride, padding)`` of each conv the trunk runs on
+    ``(batch, size, size, 3)`` images, as it calls ``_ops.conv2d``: recorded under
+    ``jax.eval_shape`` (shapes only, nothing computed)."""
+    seen, conv2d = [], _ops.conv2d
+
+    def record(x, kernel, bias, stride, padding, precision=None):
+        seen.append((x.shape, kernel.shape, stride, padding))
+        return conv2d(x, kernel, bias, stride, padding, precision)
+
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    with mock.patch.object(_ops, "conv2d", record):
+        jax.eval_shape(lambda x: _nets.Trunk(net=net).init(jax.random.PRNGKey(0), x), x)
+    return tuple(seen)
+
+
+def _padded(x_shape, padding):
+    n, h, w, c = x_shape
+    return (n, h + 2 * padding, w + 2 * padding, c)
+
+
+@pytest.mark.parametrize("net", TRUNKS)
+def test_rule_picks_valid_forms_for_every_layer(net):
+    """For every conv of the trunk at the benchmark sizes, with any subset of the forms
+    enabled and in any dtype, the rule picks (forward, derivative) forms that exist for
+    that conv: enabled ones or XLA's; "eigen" and "rows" only at stride 1 and "s2d" only
+    at stride > 1 (they are defined there); one form both ways without "split"; never
+    "eigen" outside float32 (half-precision convs don't go to YNNPACK, float64 must)."""
+    layers = _nets.LAYERS[net]
+    n_convs = sum(isinstance(ly, _nets.Conv) + 3 * isinstance(ly, _nets.Fire) for ly in layers)
+    for size, batch in BENCH_CONFIGS:
+        convs = _trunk_convs(net, size, batch)
+        assert len(convs) == n_convs, (net, size, batch)
+        for x_shape, k_shape, stride, padding in convs:
+            for forms, dtype in itertools.product(FORM_SETS, DTYPES):
+                pair = _cpu.choose(_padded(x_shape, padding), k_shape, stride, dtype, forms)
+                where = f"{net} {size}x{size} b{batch}: x {x_shape}, kernel {k_shape}, stride {stride}"
+                where += f", forms {sorted(forms)}, {jnp.dtype(dtype).name}: {pair}"
+                assert len(pair) == 2 and set(pair) <= forms | {"xla"}, where
+                assert stride == 1 or not {"eigen", "rows"} & set(pair), where
+                assert stride > 1 or "s2d" not in pair, where
+                assert "split" in forms or pair[0] == pair[1], where
+                assert dtype == jnp.float32 or "eigen" not in pair, where
+
+
+@functools.cache
+def _form_cases():
+    """``{size: {geometry: pairs}}``: the distinct conv geometries of the trunks at the
+    benchmark sizes, each with every (forward, derivative) pair the rule picks for it in
+    float32 with any subset of the forms (XLA's both ways, the plain conv itself, left
+    out); under 256 only those that the 64x64 configurations lack. A geometry keeps the
+    map size, kernel, stride and padding, and reduces the batch to 2 and the channels to
+    at most 4 in and 5 out: the forms' index arithmetic depends on the former; the latter
+    make a float64 case cost milliseconds to seconds instead of minutes."""
+    cases = {size: {} for size, _ in BENCH_CONFIGS}
+    for net, (size, batch) in itertools.product(TRUNKS, BENCH_CONFIGS):
+        for x_shape, k_shape, stride, padding in _trunk_convs(net, size, batch):
+            padded = _padded(x_shape, padding)
+            pairs = {_cpu.choose(padded, k_shape, stride, jnp.float32, forms) for forms in FORM_SETS}
+            (_, h, w, ci), (kh, kw, _, co) = x_shape, k_shape
+            key = ((2, h, w, min(ci, 4)), (kh, kw, min(ci, 4), min(co, 5)), stride, padding)
+            cases[size].setdefault(key, set()).update(pairs - {("xla", "xla")})
+    for key, pairs in cases[64].items():
+        cases[256].get(key, set()).difference_update(pairs)
+    return cases
+
+
+@pytest.mark.parametrize("size", [64, pytest.param(256, marks=pytest.mark.slow)])
+def test_every_picked_form_equals_the_plain_conv(size):
+    """Each pair of forms the rule may pick, run through ``_cpu.conv2d`` (its dispatch to
+    one form or to the split conv) on each distinct layer geometry, equals
+    ``lax.conv_general_dilated`` in float64: the value and the gradients w.r.t. the input
+    and the kernel. (256: the 256x256 configurations' geometries, the 11x11 convs on the
+    full image among them: about 25 s on 2 cores.)"""
+    picked = [pair for cases in _form_cases().values() for pairs in cases.values() for pair in pairs]
+    assert set(itertools.chain(*picked)) == _cpu.CONV_PATHS - {"split"} | {"xla"}  # every form, somewhere
+    rng = np.random.default_rng(size)
+    for (x_shape, k_shape, stride, padding), pairs in sorted(_form_cases()[size].items(), key=str):
+        if not pairs:  # XLA's conv both ways: the plain conv itself
+            continue
+        pairs = sorted(pairs)
+
+        def conv_and_vjps(x, k, g, s=stride, p=padding, pairs=pairs):
+            # (value, d/dx, d/dkernel) of the plain conv, then of each pair's
+            y, vjp = jax.vjp(lambda x_, k_: _conv.conv(x_, k_, s, p, "xla", None), x, k)
+            out = [(y, *vjp(g))]
+            for pair in pairs:
+                with mock.patch.object(_cpu, "choose", lambda *_, pair=pair: pair):
+                    y, vjp = jax.vjp(lambda x_, k_: _cpu.conv2d(x_, k_, s, p, None, _cpu.CONV_PATHS), x, k)
+                out.append((y, *vjp(g)))
+            return out
+
+        (n, h, w, _), (kh, kw, _, co) = x_shape, k_shape
+        y_shape = (n, (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1, co)
+        x, k, g = (rng.standard_normal(shape) for shape in (x_shape, k_shape, y_shape))
+        with jax.enable_x64():
+            want, *got = jax.jit(conv_and_vjps)(jnp.asarray(x), jnp.asarray(k), jnp.asarray(g))
+            assert want[0].dtype == jnp.float64
+        for pair, results in zip(pairs, got):
+            where = f"{pair} on x {x_shape}, kernel {k_shape}, stride {stride}, padding {padding}"
+            for name, a, b in zip(("value", "d/dx", "d/dkernel"), results, want):
+                np.testing.assert_allclose(
+                    a, b, rtol=1e-10, atol=1e-12 * float(np.abs(b).max()), err_msg=f"{name}: {where}"
+                )
 
 
 def test_rule_without_some_forms():
