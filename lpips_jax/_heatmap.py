@@ -133,7 +133,7 @@ def render(
         if bg.shape != dmap.shape + (3,):
             raise ValueError(f"background has shape {bg.shape}: expected {dmap.shape + (3,)} (H, W, 3)")
         rgb = alpha * rgb + (1.0 - alpha) * 255.0 * np.clip(bg, 0.0, 1.0)
-    img = Image.fromarray(np.round(rgb).astype(np.uint8), mode="RGB")
+    img = Image.fromarray(np.round(rgb).astype(np.uint8))
     h, w = dmap.shape
     if zoom > 1:
         img = img.resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
@@ -158,7 +158,7 @@ def render(
     rows = np.arange(top, bottom + 1)
     values = (bottom - rows) / max(1, bottom - top)  # 1 at the top, 0 at the bottom
     bar = colormap(values)[:, None, :].repeat(x1 - x0, axis=1)
-    canvas.paste(Image.fromarray(bar, mode="RGB"), (x0, top))
+    canvas.paste(Image.fromarray(bar), (x0, top))
     draw.rectangle((x0 - 1, top - 1, x1, bottom + 1), outline=_INK)
     font = lay["font"]
     for t, label in zip(ticks(float(vmax)), lay["labels"], strict=True):

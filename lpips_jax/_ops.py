@@ -8,10 +8,13 @@ those of :mod:`lpips_jax._cpu` when the function is lowered, so the choice follo
 platform the computation is lowered for (right under ``jax.export`` with several
 platforms, and for CPU arrays on a GPU host), never ``jax.default_backend()``.
 
+The fast paths are on by default only with the jaxlib they were measured on (0.10.x); with
+any other jaxlib the default is none of them, XLA:CPU's own forms.
+
 Override (tests, benchmarks): the environment variable ``LPIPS_JAX_CPU_FAST_PATHS``
-(``"all"``, the default; ``"none"``; or a comma-separated subset of :data:`FAST_PATHS`)
-read at import, or :func:`fast_paths` in code. Both act when a function is traced: a
-function already jitted keeps the forms it was traced with.
+(``"all"``; ``"none"``; or a comma-separated subset of :data:`FAST_PATHS`) read at import,
+or :func:`fast_paths` in code. Both act when a function is traced: a function already
+jitted keeps the forms it was traced with.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from jax import lax
 
@@ -53,7 +57,19 @@ def _parse(text: str) -> frozenset[str]:
         raise ValueError(f"LPIPS_JAX_CPU_FAST_PATHS={text!r}: {e}, or 'all' or 'none'") from None
 
 
-_enabled: frozenset[str] = _parse(os.environ.get("LPIPS_JAX_CPU_FAST_PATHS", "all"))
+# The jaxlib releases (major.minor) the fast paths were measured faster on (docs/speed.md).
+MEASURED_JAXLIB = ("0.10",)
+
+
+def default_setting(jaxlib_version: str) -> str:
+    """``LPIPS_JAX_CPU_FAST_PATHS``'s value when unset: ``"all"`` on a measured jaxlib
+    (:data:`MEASURED_JAXLIB`), ``"none"`` on any other."""
+    return "all" if ".".join(jaxlib_version.split(".")[:2]) in MEASURED_JAXLIB else "none"
+
+
+_enabled: frozenset[str] = _parse(
+    os.environ.get("LPIPS_JAX_CPU_FAST_PATHS", default_setting(jaxlib.__version__))
+)
 
 
 @contextlib.contextmanager

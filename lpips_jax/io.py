@@ -137,7 +137,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return image
     chans = [
         np.asarray(
-            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32), mode="F").resize(
+            Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)).resize(
                 (w, h), Image.Resampling.BICUBIC
             )
         )

@@ -29,6 +29,23 @@ from lpips_jax._weights import load
 __all__ = ["LPIPS", "LPIPSWeights", "MeanDistance"]
 
 
+# The one place that knows both NNX APIs, chosen by feature: flax >= 0.12 reads and writes
+# a Variable with get_value/set_value (``.value`` is deprecated there) and needs nnx.data
+# for a dict of Variables held as an attribute; flax 0.10-0.11 has ``.value`` and no nnx.data.
+if hasattr(nnx.Variable, "get_value"):
+    _get, _set = nnx.Variable.get_value, nnx.Variable.set_value
+else:
+
+    def _get(v: nnx.Variable) -> Any:
+        return v.value
+
+    def _set(v: nnx.Variable, value: Any) -> None:
+        v.value = value
+
+
+_data = getattr(nnx, "data", lambda tree: tree)
+
+
 class LPIPSWeights(nnx.Variable):
     """The frozen weights of a metric: an ``nnx.Variable`` that is not an ``nnx.Param``."""
 
@@ -90,12 +107,12 @@ class LPIPS(nnx.Module):
             arrays = {"trunk": params.trunk, "alpha": params.alpha, "beta": params.beta}
         else:
             arrays = {"trunk": params.trunk, "heads": params.heads}
-        self.weights = nnx.data(jax.tree.map(LPIPSWeights, arrays))
+        self.weights = _data(jax.tree.map(LPIPSWeights, arrays))
 
     @property
     def params(self) -> LPIPSParams | DISTSParams:
         """The params pytree of the current weights (tracers inside NNX transforms)."""
-        arrays = jax.tree.map(lambda v: v.get_value(), self.weights, is_leaf=_is_variable)
+        arrays = jax.tree.map(_get, self.weights, is_leaf=_is_variable)
         if self.net == "dists":
             return DISTSParams(**arrays)
         return LPIPSParams(
@@ -159,8 +176,8 @@ class MeanDistance(nnx.Metric):
 
     def reset(self) -> None:
         """Forget every pair: the sum and count go back to 0."""
-        self.total[...] = jnp.zeros((), jnp.float32)
-        self.count[...] = jnp.zeros((), jnp.int32)
+        _set(self.total, jnp.zeros((), jnp.float32))
+        _set(self.count, jnp.zeros((), jnp.int32))
 
     def update(
         self,
@@ -198,16 +215,18 @@ class MeanDistance(nnx.Metric):
                 raise ValueError(f"distances has shape {d.shape}: expected (N,) or (), one value per pair")
         d = d.astype(jnp.float32)
         if mask is None:
-            self.total[...] += jnp.sum(d)
-            self.count[...] += d.size
+            self._add(jnp.sum(d), d.size)
             return
         keep = jnp.asarray(mask)
         if keep.shape != d.shape:
             raise ValueError(f"mask has shape {keep.shape}: expected {d.shape}, one entry per pair")
         keep = keep.astype(bool)
-        self.total[...] += jnp.sum(jnp.where(keep, d, 0))
-        self.count[...] += jnp.sum(keep, dtype=jnp.int32)
+        self._add(jnp.sum(jnp.where(keep, d, 0)), jnp.sum(keep, dtype=jnp.int32))
+
+    def _add(self, total: Any, count: Any) -> None:
+        _set(self.total, _get(self.total) + total)
+        _set(self.count, _get(self.count) + count)
 
     def compute(self) -> jax.Array:
         """The mean distance, ``()`` float32 (NaN when no pair was given)."""
-        return self.total[...] / self.count[...].astype(jnp.float32)
+        return _get(self.total) / _get(self.count).astype(jnp.float32)

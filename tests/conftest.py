@@ -41,6 +41,30 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+# The official PyTorch references of the test extra: tests marked ``torch`` need them and
+# are skipped, naming what is missing, where one is not installed (.ci/floor's venv).
+REFERENCES = ("torch", "torchvision", "lpips", "DISTS_pytorch", "stlpips_pytorch")
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = [m for m in REFERENCES if importlib.util.find_spec(m) is None]
+    if missing:
+        skip = pytest.mark.skip(reason=f"needs the PyTorch references: {', '.join(missing)} not installed")
+        for item in items:
+            if item.get_closest_marker("torch"):
+                item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    """Which lpips_jax (a checkout or an installed wheel) and which versions run."""
+    from importlib.metadata import version
+
+    import lpips_jax
+
+    versions = ", ".join(f"{name} {version(name)}" for name in ("jax", "jaxlib", "flax", "numpy"))
+    return f"lpips_jax from {Path(lpips_jax.__file__).parent}; {versions}"
+
+
 def trunk_state_dict(params) -> dict:
     """torchvision-format ``features.{i}[.sub].{weight,bias}`` tensors from lpips_jax params.
 

@@ -1,6 +1,7 @@
 """``distance`` and its gradient lowered with ``jax.export`` for CPU, CUDA and TPU on this
 CPU machine (no accelerator needed): the CUDA and TPU modules hold none of the XLA:CPU
-fast paths (``lpips_jax/_cpu``) and no host callbacks; the CPU module does hold them.
+fast paths (``lpips_jax/_cpu``) and no host callbacks; the CPU module does hold them
+(traced with them on: the default only on the jaxlib they were measured on).
 
 The fast paths are recognised by their source file in the modules' locations and by the
 ops they alone emit (im2col's ``dot_general``: the plain path has no matmul at all).
@@ -35,6 +36,11 @@ def _module(fn, params, spec, platforms):
 def test_export_for_cpu_cuda_tpu(net):
     params = lpips_jax.load(net)
     spec, fns = _fns(params)
+    with _ops.fast_paths(True):
+        _check_modules(params, spec, fns)
+
+
+def _check_modules(params, spec, fns):
     for name, fn in fns.items():
         both = _module(fn, params, spec, ("cpu", "cuda", "tpu"))
         assert "stablehlo.case" in both, name  # the per-platform choice is in the module

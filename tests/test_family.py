@@ -19,9 +19,6 @@ from conftest import DISTS_EXAMPLES, EXAMPLES, read_rgb01
 
 import lpips_jax
 
-pytest.importorskip("DISTS_pytorch")
-pytest.importorskip("stlpips_pytorch")
-
 ATOL = 1e-5
 TOL_F64 = 1e-10
 
@@ -69,6 +66,7 @@ SIZES = [(2, 64, 64), (1, 37, 53), (2, 96, 80)]
 CASES = [("random", *s) for s in SIZES] + [("photo", *s) for s in SIZES[:2]]
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize(("kind", "n", "h", "w"), CASES)
 def test_dists_parity(dists, n, h, w, kind):
     x, y = _random_pair(n, h, w, h + w) if kind == "random" else photo_pair(n, (h, w), seed=h)
@@ -83,6 +81,7 @@ def test_dists_parity(dists, n, h, w, kind):
     np.testing.assert_allclose(np.asarray(sum(per)), got, rtol=ENTRY_RTOL, atol=1e-7)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 @pytest.mark.parametrize(("kind", "n", "h", "w"), CASES)
 def test_stlpips_parity(net, n, h, w, kind):
@@ -105,6 +104,7 @@ def test_stlpips_parity(net, n, h, w, kind):
     np.testing.assert_allclose(m, ref_map.detach().numpy()[:, 0], rtol=0, atol=ATOL)
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("metric", ["dists", "alex", pytest.param("vgg", marks=pytest.mark.slow)])
 def test_gradient_parity_float64(dists, metric):
     """Gradient w.r.t. x (the loss's use) in float64 against the official model in float64,

@@ -153,12 +153,12 @@ def test_palette_with_and_without_transparency(tmp_path):
 def test_alpha_dropped_not_composited(tmp_path):
     px = _pixels()
     alpha = np.linspace(0, 255, px.shape[0] * px.shape[1]).reshape(px.shape[:2]).astype(np.uint8)
-    Image.fromarray(np.dstack([px, alpha]), mode="RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.dstack([px, alpha])).save(tmp_path / "a.png")
     a, info = lio.read_image(tmp_path / "a.png", return_info=True)
     np.testing.assert_array_equal(a, px.astype(np.float32) / 255)
     assert info.alpha_dropped and info.mode == "RGBA"
     g = px[..., 1]
-    Image.fromarray(np.dstack([g, alpha]), mode="LA").save(tmp_path / "la.png")
+    Image.fromarray(np.dstack([g, alpha])).save(tmp_path / "la.png")
     a, info = lio.read_image(tmp_path / "la.png", return_info=True)
     np.testing.assert_array_equal(a, np.repeat(g[..., None], 3, -1).astype(np.float32) / 255)
     assert info.alpha_dropped
@@ -198,11 +198,11 @@ def test_rgb16_tiff_full_precision(tmp_path):
 
 def test_int32_and_float_modes(tmp_path):
     i32 = np.array([[0, 1000, 65535, 70000]], np.int32).repeat(3, 0)
-    Image.fromarray(i32, mode="I").save(tmp_path / "i.tif")
+    Image.fromarray(i32).save(tmp_path / "i.tif")
     a = lio.read_image(tmp_path / "i.tif")
     np.testing.assert_allclose(a[0, :, 0], [0, 1000 / 65535, 1, 1], rtol=1e-6)
     f = np.array([[-0.5, 0.25, 0.5, 2.0]], np.float32).repeat(3, 0)
-    Image.fromarray(f, mode="F").save(tmp_path / "f.tif")
+    Image.fromarray(f).save(tmp_path / "f.tif")
     np.testing.assert_array_equal(lio.read_image(tmp_path / "f.tif")[0, :, 1], [0, 0.25, 0.5, 1])
 
 
@@ -296,7 +296,7 @@ def test_read_pixels_and_to_unit(tmp_path):
     px = _pixels()
     Image.fromarray(px).save(tmp_path / "8.png")
     Image.fromarray(px[..., 0].astype(np.uint16) * 257).save(tmp_path / "16.png")
-    Image.fromarray(np.dstack([px, px[..., :1]]), mode="RGBA").save(tmp_path / "a.png")
+    Image.fromarray(np.dstack([px, px[..., :1]])).save(tmp_path / "a.png")
     for name, dtype in [("8.png", np.uint8), ("16.png", np.uint16), ("a.png", np.uint8)]:
         raw = lio.read_pixels(tmp_path / name)
         assert raw.dtype == dtype and raw.shape == (12, 10, 3)

@@ -4,6 +4,7 @@ its weights are not ``nnx.Param`` (an optimizer leaves them bit-identical), and 
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -51,6 +52,14 @@ def _same_tree(a, b) -> bool:
     return all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _optimizer_update(optimizer, model, grads) -> None:
+    """``optimizer.update``: ``(model, grads)`` from flax 0.11 on, ``(grads)`` before."""
+    if "model" in inspect.signature(nnx.Optimizer.update).parameters:
+        optimizer.update(model, grads)
+    else:
+        optimizer.update(grads)
+
+
 def _arrays(p) -> dict:
     """The array fields of LPIPS params, as the module holds them."""
     return {"trunk": p.trunk, "heads": p.heads}
@@ -96,7 +105,6 @@ def test_module_equals_distance(alex_module, alex_params, pair):
 def test_call_options_are_those_of_distance(alex_module, monkeypatch):
     """``__call__``'s keyword-only options are exactly ``distance``'s (defaults included),
     and reach it as given, with the module's params."""
-    import inspect
 
     def keyword_only(f):
         sig = inspect.signature(f)
@@ -207,7 +215,7 @@ def test_optimizer_trains_model_not_weights(alex_params):
             return jnp.mean(jnp.abs(r - b)) + jnp.mean(m.lp(r, b))
 
         value, grads = nnx.value_and_grad(loss)(model)
-        optimizer.update(model, grads)
+        _optimizer_update(optimizer, model, grads)
         return value
 
     # optax's Adam computes ``b1 ** count`` (float ** int32), refused by conftest's strict
@@ -218,6 +226,52 @@ def test_optimizer_trains_model_not_weights(alex_params):
     assert _same_tree(ae.lp.params, alex_params)
     weights = nnx.to_pure_dict(nnx.state(ae, lnnx.LPIPSWeights))
     assert _same_tree(weights, {"lp": {"weights": _arrays(alex_params)}})
+
+
+def test_adaptive_weight_step_with_diff_state(alex_params):
+    """A step that weighs its loss terms as a VQGAN's adaptive weight does: gradients of the
+    LPIPS term (through the module) and of a second term w.r.t. the decoder alone
+    (``nnx.DiffState``) and w.r.t. the input image, the ratio of their norms as the
+    weight, then an optimizer step on the weighted sum. The decoder's gradient is the
+    decoder's part of the whole model's one, the image's is finite and nonzero, the
+    model moves and the LPIPS weights stay bit-identical."""
+    ae = TinyAE(lnnx.LPIPS(params=alex_params))
+    opt = nnx.Optimizer(ae, optax.sgd(1e-2), wrt=nnx.Param)
+    x, target = photo_pair(4, SIZE, seed=8)
+    decoder = nnx.DiffState(0, nnx.All(nnx.Param, nnx.PathContains("dec")))
+
+    def norm(grads):
+        return jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(grads)))
+
+    @nnx.jit
+    def step(model, optimizer, a, b):
+        def perceptual(m, a):
+            return jnp.mean(m.lp(m(a), b))
+
+        def other(m, a):  # stands for a discriminator's term
+            return -jnp.mean(m(a))
+
+        g_lp, g_image = nnx.grad(perceptual, argnums=(decoder, 1))(model, a)
+        g_other = nnx.grad(other, argnums=decoder)(model, a)
+        weight = jax.lax.stop_gradient(norm(g_lp) / (norm(g_other) + 1e-4))
+        g_whole = nnx.grad(perceptual)(model, a)
+        grads = nnx.grad(lambda m: perceptual(m, a) + weight * other(m, a))(model)
+        _optimizer_update(optimizer, model, grads)
+        return g_lp, g_image, g_whole, weight
+
+    before = nnx.to_pure_dict(nnx.state(ae, nnx.Param))
+    g_lp, g_image, g_whole, weight = step(ae, opt, x, target)
+    g_lp, g_whole = nnx.to_pure_dict(g_lp), nnx.to_pure_dict(g_whole)
+    assert set(g_lp) == {"dec"} and set(g_lp["dec"]) == {"kernel", "bias"}
+    assert set(g_whole) == {"enc", "dec"}  # nnx.Param only: no LPIPS weights
+    for name in ("kernel", "bias"):
+        assert_close(g_lp["dec"][name], g_whole["dec"][name])
+    assert float(jnp.abs(g_lp["dec"]["kernel"]).max()) > 0
+    assert np.all(np.isfinite(g_image)) and float(jnp.abs(g_image).max()) > 0
+    assert np.isfinite(float(weight)) and float(weight) > 0
+    after = nnx.to_pure_dict(nnx.state(ae, nnx.Param))
+    assert not np.array_equal(after["dec"]["kernel"], before["dec"]["kernel"])
+    assert _same_tree(ae.lp.params, alex_params)
 
 
 def test_module_errors(alex_params):

@@ -1,0 +1,64 @@
+"""The version rules: the CPU fast paths are on by default only on the jaxlib they were
+measured on (``_ops.MEASURED_JAXLIB``), and the override still forces them elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jaxlib
+import pytest
+
+import lpips_jax
+from lpips_jax import _ops
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("0.10.0", "all"),
+        ("0.10.2", "all"),
+        ("0.10.3.dev20260101", "all"),
+        ("0.5.3", "none"),
+        ("0.1.0", "none"),
+        ("0.9.9", "none"),
+        ("0.11.0", "none"),
+        ("0.100.0", "none"),
+        ("1.10.0", "none"),
+    ],
+)
+def test_default_follows_jaxlib_version(version, expected):
+    assert _ops.default_setting(version) == expected
+
+
+# Run in a fresh interpreter (the setting is read at import): the default, then the
+# environment variable and fast_paths(True), which force them on any jaxlib.
+PROGRAM = r"""
+import importlib, json, os
+from lpips_jax import _ops
+out = {"default": sorted(_ops.enabled())}
+with _ops.fast_paths(True):
+    out["fast_paths(True)"] = sorted(_ops.enabled())
+os.environ["LPIPS_JAX_CPU_FAST_PATHS"] = "all"
+importlib.reload(_ops)
+out["variable all"] = sorted(_ops.enabled())
+print(json.dumps(out))
+"""
+
+
+def test_default_in_a_fresh_process_and_overrides(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LPIPS_JAX_CPU_FAST_PATHS"}
+    # the lpips_jax this test imported (a checkout or an installed wheel), not the one of the cwd
+    env["PYTHONPATH"] = str(Path(lpips_jax.__file__).resolve().parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROGRAM], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    every = sorted(_ops.FAST_PATHS)
+    measured = jaxlib.__version__.startswith(tuple(v + "." for v in _ops.MEASURED_JAXLIB))
+    assert out["default"] == (every if measured else []), (jaxlib.__version__, out)
+    assert out["fast_paths(True)"] == out["variable all"] == every
