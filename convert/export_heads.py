@@ -20,8 +20,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import lpips_jax
+from lpips_jax._outputs import atomic_path
 from lpips_jax._weights import WeightsError
-from lpips_jax.bapps.train import export_heads_torch_format
+from lpips_jax.bapps import export_heads_torch_format
 
 
 def export(src: str | Path, dst: str | Path, *, trunk: bool = False) -> dict:
@@ -31,14 +32,8 @@ def export(src: str | Path, dst: str | Path, *, trunk: bool = False) -> dict:
     params = lpips_jax.load(path=src)
     arrays = export_heads_torch_format(params, trunk=trunk)
     sd = OrderedDict((k, torch.from_numpy(v.copy())) for k, v in arrays.items())
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".partial")
-    try:
-        torch.save(sd, str(tmp))
-        tmp.replace(dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(dst) as tmp:
+        torch.save(sd, tmp)
     return sd
 
 

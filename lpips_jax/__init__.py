@@ -7,6 +7,8 @@ with ``normalize=True``). ``distance`` returns ``(N,)`` or ``()`` float32.
 
     params = lpips_jax.load("alex")  # or "vgg", "squeeze", "dists"; variant="shift_tolerant"
     d = lpips_jax.distance(params, x, y)
+
+BAPPS scoring, evaluation and training live in :mod:`lpips_jax.bapps` (imported on demand).
 """
 
 from lpips_jax._checks import NETS, VARIANTS, VERSIONS
@@ -24,8 +26,6 @@ from lpips_jax._metric import (
 )
 from lpips_jax._nets import Trunk, min_size, tap_channels
 from lpips_jax._weights import WeightsError, load, save
-from lpips_jax.bapps.evaluate import dssim, evaluate, l2, score_2afc, score_jnd, ssim, voc_ap
-from lpips_jax.bapps.train import TrainResult, export_heads_torch_format, train
 from lpips_jax.io import ImageError, ImageInfo, read_image
 
 __version__ = "0.2.0"
@@ -49,28 +49,18 @@ __all__ = [
     "NETS",
     "VARIANTS",
     "VERSIONS",
-    "TrainResult",
     "Trunk",
     "WeightsError",
     "distance",
     "distance_from_features",
     "distance_map",
-    "dssim",
-    "evaluate",
-    "export_heads_torch_format",
     "features",
-    "l2",
     "layer_distances",
     "load",
     "min_size",
     "normalize_channels",
     "read_image",
     "save",
-    "score_2afc",
-    "score_jnd",
-    "ssim",
     "tap_channels",
     "to_params",
-    "train",
-    "voc_ap",
 ]

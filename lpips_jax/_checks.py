@@ -69,8 +69,9 @@ def _shape_dtype(name: str, a: Any) -> tuple[tuple[int, ...], Any]:
     return tuple(a.shape), a.dtype
 
 
-def check_images(x: Any, y: Any, net: str) -> None:
-    """Raise ``ValueError``/``TypeError`` unless x and y are a valid NHWC or HWC pair."""
+def check_images(x: Any, y: Any, net: str | None = None) -> None:
+    """Raise ``ValueError``/``TypeError`` unless x and y are a valid NHWC or HWC pair (and
+    at least the minimum size of ``net``, when given)."""
     for name, a in (("x", x), ("y", y)):
         shape, dtype = _shape_dtype(name, a)
         if len(shape) not in (3, 4):
@@ -94,7 +95,7 @@ def check_images(x: Any, y: Any, net: str) -> None:
                 "x.astype(np.float32) / 255 with normalize=True"
             )
         h, w = shape[-3], shape[-2]
-        m = _nets.min_size(net)
+        m = 0 if net is None else _nets.min_size(net)
         if h < m or w < m:
             raise ValueError(
                 f"{name} has spatial size {h}x{w}: net {net!r} needs at least {m}x{m} "

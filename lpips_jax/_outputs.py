@@ -1,7 +1,8 @@
 """What long runs show and write: progress bars on stderr, files written whole or not at all.
 
-The one place for both (the CLI, BAPPS evaluation and training use it): a run that fails
-midway leaves no half-written file behind, and an existing file keeps its old content.
+The one place for both (the CLI, weights files, BAPPS evaluation and training use it): a
+run that fails midway leaves no half-written file behind, and an existing file keeps its
+old content.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 from lpips_jax import _checks, _dists, _nets
 from lpips_jax._dists import DISTSParams
 from lpips_jax._metric import LPIPSParams
+from lpips_jax._outputs import atomic_path
 from lpips_jax._registry import SHIPPED
 
 FORMAT = "lpips_jax/1"
@@ -360,13 +361,8 @@ def save(params: LPIPSParams, path: str | os.PathLike, *, trunk: bool = True) ->
 
 
 def write_flat(flat: dict[str, Any], meta: dict[str, str], path: str | os.PathLike) -> None:
+    """``flat`` as float32 tensors with string metadata ``meta``: a safetensors file at
+    ``path``, written whole or not at all (:func:`lpips_jax._outputs.atomic_path`)."""
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in flat.items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        save_file(arrays, str(tmp), metadata=meta)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        save_file(arrays, tmp, metadata=meta)

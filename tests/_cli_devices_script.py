@@ -3,7 +3,7 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/_cli_devices_script.py WORKDIR
 
 Writes small image folders and a miniature BAPPS into WORKDIR, then runs ``lpips-jax dirs``,
-``allpairs`` and ``eval`` (in-process, ``lpips_jax.cli.main``) and ``lpips_jax.evaluate``
+``allpairs`` and ``eval`` (in-process, ``lpips_jax.cli.main``) and ``lpips_jax.bapps.evaluate``
 with ``--devices 1`` and with every device, their outputs in WORKDIR. Every jitted call
 is watched: for each output array, how many distinct slices its shards hold and on how
 many devices. Prints one JSON object: the device count, each run's exit code and stderr,
@@ -27,9 +27,8 @@ from conftest import distort, photo_crops  # noqa: E402
 from PIL import Image  # noqa: E402
 from test_bapps import make_mini_bapps  # noqa: E402
 
-import lpips_jax  # noqa: E402
 from lpips_jax import cli  # noqa: E402
-from lpips_jax.bapps import evaluate as ev  # noqa: E402
+from lpips_jax.bapps import _evaluate as ev  # noqa: E402
 from lpips_jax.cli import folders  # noqa: E402
 
 SIZE = 32  # alex's minimum is 31
@@ -108,7 +107,7 @@ def main() -> None:
         for cmd, argv in commands.items():
             code, err = run([*argv, *common, *devices])
             out["runs"][f"{cmd}_{label}"] = {"code": code, "stderr": err[-2000:], "spread": watch.take()}
-        res = lpips_jax.evaluate(
+        res = bapps.evaluate(
             "lpips", data_dir=work / "tfds", tasks=("2afc",), subsets=["traditional"], batch_size=8,
             devices=None if label == "8" else 1, return_distances=True,
         )  # fmt: skip
@@ -121,7 +120,7 @@ def main() -> None:
     code, err = run(["dirs", str(d0), str(d1), "--devices", "9", "--no-progress"])
     out["runs"]["dirs_9"] = {"code": code, "stderr": err[-2000:]}
     try:
-        lpips_jax.evaluate("l2", data_dir=work / "tfds", devices=0)
+        bapps.evaluate("l2", data_dir=work / "tfds", devices=0)
         out["evaluate_devices_0"] = None
     except ValueError as e:
         out["evaluate_devices_0"] = str(e)

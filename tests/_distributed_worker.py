@@ -25,10 +25,9 @@ import jax
 # XLA:CPU's cross-process collectives (the default in recent jax; older ones had none).
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
-import lpips_jax  # noqa: E402
-from lpips_jax import cli  # noqa: E402
+from lpips_jax import bapps, cli  # noqa: E402
 from lpips_jax import io as lio  # noqa: E402
-from lpips_jax.bapps import evaluate as ev  # noqa: E402
+from lpips_jax.bapps import _evaluate as ev  # noqa: E402
 from lpips_jax.cli import folders  # noqa: E402
 
 # What this process did in the current run: files decoded, pairs it was given to compare
@@ -55,7 +54,7 @@ _count(
     "tile_pairs",
     lambda a, out: sum(folders._tile_pairs(a[0], t) for t in out),
 )
-_count(ev, "_distances", "examples", lambda a, out: len(a[1]))
+_count(ev, "_distances", "examples", lambda a, out: len(a[2]))
 
 
 def run(argv: list[str]) -> dict:
@@ -106,7 +105,7 @@ def main() -> None:
             ]
         ),  # fmt: skip
     }
-    res = lpips_jax.evaluate(
+    res = bapps.evaluate(
         "lpips", data_dir=work / "tfds", tasks=("2afc",), subsets=["traditional"], batch_size=4,
         return_distances=True,
     )  # fmt: skip

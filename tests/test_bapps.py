@@ -125,16 +125,16 @@ TRAIN_KW = dict(epochs=2, epochs_decay=1, batch_size=8, lr=1e-2, seed=0, progres
 
 @pytest.fixture(scope="session")
 def trained(prepared, tmp_path_factory):
-    import lpips_jax
+    from lpips_jax import bapps
 
     d = tmp_path_factory.mktemp("bapps_train")
     out = d / "heads.safetensors"
-    result = lpips_jax.train(data_dir=prepared, out=out, checkpoint_dir=d / "ckpt", **TRAIN_KW)
+    result = bapps.train(data_dir=prepared, out=out, checkpoint_dir=d / "ckpt", **TRAIN_KW)
     return result, out
 
 
 def _cfg(n=40):
-    from lpips_jax.bapps.train import TrainConfig
+    from lpips_jax.bapps._train import TrainConfig
 
     kw = {k: v for k, v in TRAIN_KW.items() if k != "progress"}
     return TrainConfig(net="alex", version="0.1", mode="lin", num_examples=n, **kw)
@@ -148,7 +148,7 @@ def test_core_import_does_not_import_tfds():
     import sys
 
     code = (
-        "import sys, lpips_jax, lpips_jax.bapps, lpips_jax.bapps.evaluate, lpips_jax.bapps.train; "
+        "import sys, lpips_jax, lpips_jax.bapps, lpips_jax.bapps._evaluate, lpips_jax.bapps._train; "
         "import lpips_jax.cli; lpips_jax.cli.build_parser(); "
         "assert 'tensorflow_datasets' not in sys.modules, 'tfds imported'; "
         "assert 'tensorflow' not in sys.modules; assert 'torch' not in sys.modules"
@@ -268,17 +268,17 @@ def test_patches_are_resized_as_the_official_loader(tmp_path):
 
 
 def test_scores_equal_hand_computed_values():
-    import lpips_jax
+    from lpips_jax import bapps
 
     # Agree (p0 closer, 20% prefer p1): 0.8; tie: 0.5; p1 closer: 1.0 and 0.4.
     d0, d1 = [1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 1.0, 4.0]
-    assert lpips_jax.score_2afc(d0, d1, [0.2, 0.6, 1.0, 0.4]) == pytest.approx(2.7 / 4)
+    assert bapps.score_2afc(d0, d1, [0.2, 0.6, 1.0, 0.4]) == pytest.approx(2.7 / 4)
     # Ranked same = 1, 0, 1, 0: precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1;
     # envelope 1 on (0, 1/2], 2/3 on (1/2, 1] -> AP = 1/2 + 1/3.
-    assert lpips_jax.score_jnd([0.4, 0.1, 0.3, 0.2], [0, 1, 1, 0]) == pytest.approx(5 / 6)
-    assert lpips_jax.score_jnd([0.1, 0.2], [1, 1]) == 1.0
+    assert bapps.score_jnd([0.4, 0.1, 0.3, 0.2], [0, 1, 1, 0]) == pytest.approx(5 / 6)
+    assert bapps.score_jnd([0.1, 0.2], [1, 1]) == 1.0
     with pytest.raises(ValueError, match="same > 0"):
-        lpips_jax.score_jnd([0.1, 0.2], [0, 0])
+        bapps.score_jnd([0.1, 0.2], [0, 0])
 
 
 class _FakeJndLoader:
@@ -305,7 +305,7 @@ def test_jnd_with_tied_distances_equals_the_official_function(seed, capsys):
     import torch
     from lpips.trainer import score_jnd_dataset
 
-    import lpips_jax
+    from lpips_jax import bapps
 
     rng = np.random.default_rng(seed)
     d = rng.uniform(0.0, 1.0, 40).astype(np.float32)
@@ -314,7 +314,7 @@ def test_jnd_with_tied_distances_equals_the_official_function(seed, capsys):
     same = rng.choice([0.0, 1 / 3, 2 / 3, 1.0], 40).astype(np.float32)
     want, _ = score_jnd_dataset(_FakeJndLoader(d, same), lambda p0, p1: torch.as_tensor(p0))
     capsys.readouterr()  # the official tqdm bar
-    got = lpips_jax.score_jnd(d, same)
+    got = bapps.score_jnd(d, same)
     assert got == pytest.approx(want, abs=1e-12)
 
 
@@ -350,8 +350,8 @@ def test_scores_equal_official_logic_on_the_same_distances(prepared, mini):
     import lpips
     import torch
 
-    import lpips_jax
-    from lpips_jax.bapps.evaluate import to_unit_official
+    from lpips_jax import bapps
+    from lpips_jax.bapps._examples import to_unit_official
 
     calls = []
 
@@ -363,7 +363,7 @@ def test_scores_equal_official_logic_on_the_same_distances(prepared, mini):
             else abs(x - y).mean(axis=(1, 2, 3))
         )
 
-    res = lpips_jax.evaluate(mad, data_dir=prepared, batch_size=4, return_distances=True)
+    res = bapps.evaluate(mad, data_dir=prepared, batch_size=4, return_distances=True)
     # 10 examples per subset in batches of 4 (last one padded): traced once per task kind.
     assert len(calls) == 3
     _, written = mini
@@ -420,13 +420,13 @@ def test_scores_equal_official_logic_on_the_same_distances(prepared, mini):
 def test_voc_ap_equals_official():
     import lpips
 
-    import lpips_jax
+    from lpips_jax import bapps
 
     rng = np.random.default_rng(0)
     for _ in range(5):
         rec = np.sort(rng.uniform(0, 1, 20))
         prec = rng.uniform(0, 1, 20)
-        assert lpips_jax.voc_ap(rec, prec) == pytest.approx(lpips.voc_ap(rec, prec), abs=1e-12)
+        assert bapps.voc_ap(rec, prec) == pytest.approx(lpips.voc_ap(rec, prec), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- LPIPS and baselines
@@ -437,10 +437,11 @@ def test_evaluate_lpips_equals_official_model(prepared, mini):
     from conftest import official_model
 
     import lpips_jax
-    from lpips_jax.bapps.evaluate import to_unit_official
+    from lpips_jax import bapps
+    from lpips_jax.bapps._examples import to_unit_official
 
     params = lpips_jax.load("alex")
-    res = lpips_jax.evaluate(params, data_dir=prepared, batch_size=8, return_distances=True)
+    res = bapps.evaluate(params, data_dir=prepared, batch_size=8, return_distances=True)
     assert res["metric"] == "lpips" and res["net"] == "alex" and res["version"] == "0.1"
     model = official_model("alex", trunk_sd=trunk_state_dict(params))
     rows = mini[1][("2afc", "val", "cnn")]
@@ -461,8 +462,8 @@ def test_l2_and_ssim_baselines_match_skimage_and_official():
     from skimage.color import rgb2lab
     from skimage.metrics import structural_similarity
 
-    import lpips_jax
-    from lpips_jax.bapps.evaluate import to_unit_official
+    from lpips_jax import bapps
+    from lpips_jax.bapps._examples import to_unit_official
 
     a = photo_crops((64, 64), 3, seed=5)
     b = np.stack([graded(x, "noise", 2, seed=i) for i, x in enumerate(a)])
@@ -473,8 +474,8 @@ def test_l2_and_ssim_baselines_match_skimage_and_official():
     @jax.jit
     def baselines(x, y):
         return (
-            lpips_jax.l2(x, y), lpips_jax.ssim(x, y), lpips_jax.ssim(x, y, colorspace="RGB"),
-            lpips_jax.l2(x, y, colorspace="RGB"), lpips_jax.dssim(x, y), lpips_jax.ssim(x, x),
+            bapps.l2(x, y), bapps.ssim(x, y), bapps.ssim(x, y, colorspace="RGB"),
+            bapps.l2(x, y, colorspace="RGB"), bapps.dssim(x, y), bapps.ssim(x, x),
         )  # fmt: skip
 
     d_l2, s_lab, s_rgb, rgb, ds, same = (np.asarray(v) for v in baselines(x, y))
@@ -497,17 +498,18 @@ def test_l2_and_ssim_baselines_match_skimage_and_official():
 
 def test_evaluate_rejects_bad_options(prepared):
     import lpips_jax
+    from lpips_jax import bapps
 
     with pytest.raises(ValueError, match="no subset 'blur'.*'traditional', 'cnn'"):
-        lpips_jax.evaluate("l2", data_dir=prepared, tasks=("jnd",), subsets=["blur"])
+        bapps.evaluate("l2", data_dir=prepared, tasks=("jnd",), subsets=["blur"])
     with pytest.raises(ValueError, match=r"no subset 'blur': expected one of 2afc \("):
-        lpips_jax.evaluate("l2", data_dir=prepared, subsets=["cnn", "blur"])
+        bapps.evaluate("l2", data_dir=prepared, subsets=["cnn", "blur"])
     with pytest.raises(ValueError, match="JND has no train split"):
-        lpips_jax.evaluate("l2", data_dir=prepared, tasks=("jnd",), split="train")
+        bapps.evaluate("l2", data_dir=prepared, tasks=("jnd",), split="train")
     with pytest.raises(ValueError, match="metric='psnr' is not known"):
-        lpips_jax.evaluate("psnr", data_dir=prepared)
+        bapps.evaluate("psnr", data_dir=prepared)
     with pytest.raises(ValueError, match="task 'ranking' is not known"):
-        lpips_jax.evaluate("l2", data_dir=prepared, tasks=("ranking",))
+        bapps.evaluate("l2", data_dir=prepared, tasks=("ranking",))
     from lpips_jax.bapps import BappsDataError
 
     with pytest.raises(BappsDataError, match="no prepared split 'val_mix'"):
@@ -521,7 +523,7 @@ def test_dist2logit_and_loss_equal_official():
     import lpips
     import torch
 
-    from lpips_jax.bapps.train import Dist2Logit
+    from lpips_jax.bapps._train import Dist2Logit
 
     torch.manual_seed(0)
     off = lpips.BCERankingLoss()
@@ -551,25 +553,44 @@ def test_dist2logit_and_loss_equal_official():
 
 
 def test_learning_rate_schedule_is_official():
-    from lpips_jax.bapps.train import lr_factor
+    from lpips_jax.bapps._train import lr_factor
 
     got = [float(lr_factor(e, 5, 5)) for e in range(10)]
     np.testing.assert_allclose(got, [1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2], rtol=1e-6)
 
 
-def test_train_distance_without_dropout_is_lpips():
+def test_training_distance_is_the_metric_with_the_official_dropout():
+    """Training scores pairs with the metric's own ``distance_from_features`` of the taps
+    after :func:`head_dropout`: without dropout that is LPIPS itself; with it, the official
+    ``Dropout`` on each head's input (a numpy float64 re-computation: keep mask / (1 - p)
+    times the squared difference, heads, spatial means)."""
+    import jax
+
     import lpips_jax
-    from lpips_jax.bapps.train import train_distance
+    from lpips_jax.bapps._train import head_dropout
 
     params = lpips_jax.load("alex")
     rng = np.random.default_rng(0)
     shapes = [(2, 15, 15, 64), (2, 7, 7, 192), (2, 3, 3, 384), (2, 3, 3, 256), (2, 3, 3, 256)]
     fa, fb = (tuple(rng.normal(size=s).astype(np.float32) for s in shapes) for _ in range(2))
+    key = jax.random.PRNGKey(3)
     np.testing.assert_allclose(
-        np.asarray(train_distance(params.heads, fa, fb)),
+        np.asarray(lpips_jax.distance_from_features(params, *head_dropout(fa, fb, key, 0.0))),
         np.asarray(lpips_jax.distance_from_features(params, fa, fb)),
         rtol=1e-5,
     )
+    da, db = head_dropout(fa, fb, key, 0.5)
+    got = np.asarray(lpips_jax.distance_from_features(params, da, db))
+    want = np.zeros(2)
+    kept = []
+    for k, (a, b, a2) in enumerate(zip(fa, fb, da, strict=True)):
+        keep = np.asarray(a2) != 0  # the elements dropout kept (a nonzero tap stays nonzero)
+        kept.append(keep.mean())
+        d = np.where(keep, (a.astype(np.float64) - b) ** 2 / 0.5, 0.0)
+        w = np.asarray(params.heads[f"lin{k}"]["kernel"], np.float64).reshape(-1)
+        want += (d @ w).mean(axis=(1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert all(0.4 < f < 0.6 for f in kept), kept
 
 
 def to_unit_official_np(u8):
@@ -578,7 +599,8 @@ def to_unit_official_np(u8):
 
 def test_lin_training_lowers_loss_and_raises_2afc_accuracy(trained, prepared):
     import lpips_jax
-    from lpips_jax.bapps.train import TRACE_COUNTS, init_state
+    from lpips_jax import bapps
+    from lpips_jax.bapps._train import _train_step, init_state
 
     result, out = trained
     losses = [h["loss"] for h in result.history]
@@ -586,7 +608,7 @@ def test_lin_training_lowers_loss_and_raises_2afc_accuracy(trained, prepared):
     assert [h["lr"] for h in result.history] == pytest.approx([1e-2, 1e-2, 1e-2])
     state = init_state(_cfg())
     before = lpips_jax.LPIPSParams(trunk=state.frozen_trunk, heads=state.trainable["heads"])
-    acc = lambda p: lpips_jax.evaluate(  # noqa: E731
+    acc = lambda p: bapps.evaluate(  # noqa: E731
         p, data_dir=prepared, tasks=("2afc",), split="train", batch_size=8
     )["2afc"]["mean"]
     a0, a1 = acc(before), acc(result.params)
@@ -597,7 +619,7 @@ def test_lin_training_lowers_loss_and_raises_2afc_accuracy(trained, prepared):
     shipped = lpips_jax.load("alex", lpips=False).trunk
     for x, y in zip(jax_leaves(shipped), jax_leaves(result.params.trunk), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert TRACE_COUNTS[_cfg()] == 1
+    assert _train_step(_cfg())._cache_size() == 1  # one compiled step for the configuration
     # The output file loads and equals the result.
     loaded = lpips_jax.load(path=out)
     assert loaded.net == "alex" and loaded.version == "0.1"
@@ -612,14 +634,14 @@ def jax_leaves(tree):
 
 
 def test_resume_continues_where_it_stopped(trained, prepared, tmp_path):
-    import lpips_jax
-    from lpips_jax.bapps.train import TRACE_COUNTS
+    from lpips_jax import bapps
+    from lpips_jax.bapps._train import _train_step
 
     full, _ = trained
     ck = tmp_path / "ckpt"
-    first = lpips_jax.train(data_dir=prepared, checkpoint_dir=ck, stop_after=1, **TRAIN_KW)
-    assert len(first.history) == 1 and first.checkpoint == ck / "epoch_0001.safetensors"
-    resumed = lpips_jax.train(data_dir=prepared, checkpoint_dir=ck, **TRAIN_KW)
+    first = bapps.train(data_dir=prepared, checkpoint_dir=ck, stop_after=1, **TRAIN_KW)
+    assert len(first.history) == 1 and first.checkpoint == ck / "epoch_0001"
+    resumed = bapps.train(data_dir=prepared, checkpoint_dir=ck, **TRAIN_KW)
     assert len(resumed.history) == 3
     assert resumed.history == full.history  # exactly: the run is deterministic
     for x, y in zip(
@@ -628,23 +650,21 @@ def test_resume_continues_where_it_stopped(trained, prepared, tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(x, y)
-    assert sorted(p.name for p in ck.iterdir()) == [
-        "epoch_0002.safetensors",
-        "epoch_0003.safetensors",
-    ]
-    assert TRACE_COUNTS[_cfg()] == 1  # three runs of one configuration, one trace
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch_0002", "epoch_0003"]
+    assert resumed.checkpoint == ck / "epoch_0003"
+    assert _train_step(_cfg())._cache_size() == 1  # three runs of one configuration, one program
     with pytest.raises(
         ValueError, match=r"different training configuration:\n  lr: checkpoint 0.01, now 0.02"
     ):
-        lpips_jax.train(data_dir=prepared, checkpoint_dir=ck, **{**TRAIN_KW, "lr": 2e-2})
+        bapps.train(data_dir=prepared, checkpoint_dir=ck, **{**TRAIN_KW, "lr": 2e-2})
 
 
 def test_exported_heads_work_in_official_lpips(trained, tmp_path):
     import lpips
     import torch
 
+    import lpips_jax
     from convert.export_heads import main as export_main
-    from lpips_jax.bapps.evaluate import batched_distances
 
     result, out = trained
     pth = tmp_path / "heads.pth"
@@ -655,8 +675,8 @@ def test_exported_heads_work_in_official_lpips(trained, tmp_path):
 
     a = photo_crops((64, 64), 8, seed=7)
     b = np.stack([graded(c, "blur", 2, i) for i, c in enumerate(a)])
-    (ours,) = batched_distances(result.params, (a, b), batch_size=8)
     x, y = to_unit_official_np(a), to_unit_official_np(b)
+    ours = np.asarray(lpips_jax.distance(result.params, x, y))
     m = lpips.LPIPS(pretrained=True, net="alex", model_path=str(pth), pnet_rand=True, verbose=False)
     trunk = trunk_state_dict(result.params)
     m.net.load_state_dict(
@@ -682,13 +702,14 @@ def test_torch_format_names_match_the_official_state_dict(net):
     import lpips
 
     import lpips_jax
+    from lpips_jax import bapps
     from lpips_jax._weights import expected_shapes, unflatten
 
     parts = {p: expected_shapes(net, p) for p in ("trunk", "heads")}
     tree = {p: unflatten({k.split("/", 1)[1]: np.zeros(v, np.float32) for k, v in shapes.items()})
             for p, shapes in parts.items()}  # fmt: skip
     params = lpips_jax.LPIPSParams(trunk=tree["trunk"], heads=tree["heads"], net=net)
-    got = lpips_jax.export_heads_torch_format(params, trunk=True)
+    got = bapps.export_heads_torch_format(params, trunk=True)
     m = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
     # `lins.{k}` are aliases of `lin{k}` (a ModuleList of the same modules); the official
     # head files hold `lin{k}` only.
@@ -699,13 +720,13 @@ def test_torch_format_names_match_the_official_state_dict(net):
 
 @pytest.mark.slow
 def test_scratch_mode_trains_the_trunk(mini):
-    import lpips_jax
-    from lpips_jax.bapps.train import init_trunk
+    from lpips_jax import bapps
+    from lpips_jax.bapps._train import init_trunk
 
     rows = mini[1][("2afc", "train", "cnn")][:8]
     data = {k: np.stack([r[j] for r in rows]) for j, k in enumerate(("ref", "p0", "p1"))}
     data["judge"] = np.asarray([r[3] for r in rows], np.float32)
-    res = lpips_jax.train(
+    res = bapps.train(
         data=data, mode="scratch", epochs=1, epochs_decay=0, batch_size=4, lr=1e-3, progress=False
     )
     assert len(res.history) == 1 and np.isfinite(res.history[0]["loss"])
@@ -734,13 +755,13 @@ def _cli_eval_json(prepared, tmp_path, *argv) -> dict:
 
 
 def test_cli_eval_writes_json(prepared, tmp_path):
-    import lpips_jax
+    from lpips_jax import bapps
     from lpips_jax.cli import main
 
     got = _cli_eval_json(prepared, tmp_path)
     assert set(got) >= {"2afc", "jnd", "net", "version"}
     assert got["net"] == "alex" and got["version"] == "0.1"
-    want = lpips_jax.evaluate("lpips", data_dir=prepared, batch_size=8)
+    want = bapps.evaluate("lpips", data_dir=prepared, batch_size=8)
     for task in ("2afc", "jnd"):
         assert set(got[task]) == {"traditional", "cnn", "mean"}
         assert got[task] == pytest.approx(want[task])
@@ -772,7 +793,7 @@ def test_cli_train_writes_params_and_says_how_to_export(trained, prepared, tmp_p
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "python -m convert.export_heads" in printed and "2AFC acc" in printed
-    assert (tmp_path / "heads.checkpoints" / "epoch_0003.safetensors").is_file()
+    assert (tmp_path / "heads.checkpoints" / "epoch_0003").is_dir()
     loaded = lpips_jax.load(path=out)
     for x, y in zip(jax_leaves(loaded.heads), jax_leaves(full.params.heads), strict=True):
         np.testing.assert_array_equal(x, y)
@@ -792,35 +813,102 @@ def test_cli_eval_failing_writes_no_json(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_checkpoint_failing_midway_leaves_no_file(tmp_path, monkeypatch):
-    from lpips_jax.bapps import train as train_mod
+def _train_arrays(mini) -> dict:
+    """The prepared set's 40 train triplets as arrays, in its order: the configuration of
+    the runs on it (``_cfg()``, one compiled step for all)."""
+    rows = mini[1][("2afc", "train", "traditional")] + mini[1][("2afc", "train", "cnn")]
+    data = {k: np.stack([r[j] for r in rows]) for j, k in enumerate(("ref", "p0", "p1"))}
+    data["judge"] = np.asarray([r[3] for r in rows], np.float32)
+    return data
 
-    cfg = train_mod.TrainConfig(num_examples=4, batch_size=2)
-    state = train_mod.init_state(cfg)
-    path = tmp_path / "ck" / "epoch_0001.safetensors"
-    real_save = train_mod.save
 
-    def half_then_fail(*args, **kwargs):
-        raise OSError(f"disk full after {len(real_save(*args, **kwargs)) // 2} bytes (simulated)")
+def _checkpointed(directory, epoch) -> tuple[dict, list]:
+    """What the checkpoint of ``epoch`` holds: params, Adam's state, step, RNG key; history."""
+    from lpips_jax.bapps import _train
 
-    monkeypatch.setattr(train_mod, "save", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        train_mod.save_checkpoint(path, state, cfg, 1, [])
-    assert list(path.parent.iterdir()) == [] and train_mod.latest_checkpoint(path.parent) is None
+    with _train.checkpoint_manager(directory) as manager:
+        state, history = _train.restore_checkpoint(manager, epoch, _cfg(), _train.init_state(_cfg()))
+    return _train._saved(state), history
+
+
+def _assert_bitwise_equal(a, b) -> None:
+    import jax
+
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def test_resumed_run_equals_an_uninterrupted_one_bit_for_bit(mini, tmp_path):
+    """k epochs, stop, resume to 2k: bit for bit the run of 2k epochs straight, in every
+    leaf of the checkpoint (params, Adam's state, step, RNG key), of the result and in the
+    history."""
+    from lpips_jax import bapps
+    from lpips_jax.bapps._train import _train_step
+
+    data = _train_arrays(mini)
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = bapps.train(data=data, checkpoint_dir=a, stop_after=1, **TRAIN_KW)
+    resumed = bapps.train(data=data, checkpoint_dir=a, stop_after=2, **TRAIN_KW)
+    straight = bapps.train(data=data, checkpoint_dir=b, stop_after=2, **TRAIN_KW)
+    assert len(resumed.history) == 2 and resumed.history == straight.history
+    assert resumed.history[0] == first.history[0]
+    _assert_bitwise_equal((resumed.params, resumed.rank), (straight.params, straight.rank))
+    (got, got_history), (want, want_history) = _checkpointed(a, 2), _checkpointed(b, 2)
+    assert got_history == want_history == list(straight.history)
+    _assert_bitwise_equal(got, want)
+    assert int(got["step"]) == 2 * _cfg().steps_per_epoch
+    _assert_bitwise_equal(
+        {"heads": got["trainable"]["heads"], "rank": got["trainable"]["rank"]},
+        {"heads": straight.params.heads, "rank": straight.rank},
+    )
+    assert _train_step(_cfg())._cache_size() == 1  # fresh or resumed: one compiled step
+
+
+def test_a_crash_mid_write_leaves_the_previous_checkpoint_usable(mini, tmp_path, monkeypatch):
+    """A run that dies while writing epoch 2's checkpoint (its arrays on disk, the folder
+    not finalised) leaves epoch 1's as it was; the next run resumes from it and ends where
+    an uninterrupted run ends, bit for bit."""
+    import orbax.checkpoint as ocp
+
+    from lpips_jax import bapps
+
+    data = _train_arrays(mini)
+    ck = tmp_path / "ck"
+    real = ocp.StandardCheckpointHandler.async_save
+    saves = []
+
+    async def dies_in_the_second(self, *args, **kwargs):
+        futures = await real(self, *args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            for f in futures or ():
+                f.result()  # the arrays are written
+            raise OSError("killed mid-write (simulated)")
+        return futures
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", dies_in_the_second)
+    with pytest.raises(OSError, match="mid-write"):
+        bapps.train(data=data, checkpoint_dir=ck, **TRAIN_KW)
     monkeypatch.undo()
-    train_mod.save_checkpoint(path, state, cfg, 1, [])
-    assert train_mod.latest_checkpoint(path.parent) == path
-    assert train_mod.load_checkpoint(path, cfg, state)[1] == 1
+    left = sorted(p.name for p in ck.iterdir())
+    assert left[0] == "epoch_0001" and len(left) == 2 and left[1].startswith("epoch_0002."), left
+    resumed = bapps.train(data=data, checkpoint_dir=ck, **TRAIN_KW)
+    straight = bapps.train(data=data, **TRAIN_KW)
+    assert len(resumed.history) == 3 and resumed.history == straight.history
+    _assert_bitwise_equal((resumed.params, resumed.rank), (straight.params, straight.rank))
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch_0002", "epoch_0003"]
 
 
 def test_options_are_keyword_only():
     import inspect
 
-    import lpips_jax
+    from lpips_jax import bapps
 
     for fn, positional in (
-        (lpips_jax.evaluate, 2), (lpips_jax.train, 1), (lpips_jax.l2, 2),
-        (lpips_jax.ssim, 2), (lpips_jax.dssim, 2), (lpips_jax.export_heads_torch_format, 1),
+        (bapps.evaluate, 2), (bapps.train, 1), (bapps.l2, 2),
+        (bapps.ssim, 2), (bapps.dssim, 2), (bapps.export_heads_torch_format, 1),
     ):  # fmt: skip
         params = list(inspect.signature(fn).parameters.values())
         assert all(p.kind is p.KEYWORD_ONLY for p in params[positional:]), fn.__name__
@@ -832,10 +920,11 @@ def test_cli_eval_scores_the_family(prepared, tmp_path, argv):
     same scores as evaluating ``distance`` with those params as a plain callable (the
     other code path: per pair, no shared reference features)."""
     import lpips_jax
+    from lpips_jax import bapps
 
     got = _cli_eval_json(prepared, tmp_path, *argv)
     p = lpips_jax.load("dists") if "dists" in argv else lpips_jax.load("alex", variant="shift_tolerant")
-    want = lpips_jax.evaluate(lambda x, y: lpips_jax.distance(p, x, y), data_dir=prepared, batch_size=8)
+    want = bapps.evaluate(lambda x, y: lpips_jax.distance(p, x, y), data_dir=prepared, batch_size=8)
     for task in ("2afc", "jnd"):
         assert got[task] == pytest.approx(want[task], abs=1e-6)
 
@@ -852,7 +941,7 @@ def test_identical_jnd_patches_score_exactly_zero():
     """JND's ties: identical patches give exactly 0 wherever they sit in a batch (the
     official model gives 0 there), whatever rounding the batch's convolutions have."""
     import lpips_jax
-    from lpips_jax.bapps import evaluate as ev
+    from lpips_jax.bapps import _evaluate as ev
 
     params = lpips_jax.load("alex")
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""``lpips-jax dirs``, ``allpairs``, ``eval`` and ``lpips_jax.evaluate`` on 8 simulated CPU
+"""``lpips-jax dirs``, ``allpairs``, ``eval`` and ``lpips_jax.bapps.evaluate`` on 8 simulated CPU
 devices: every batch split over every device, the numbers those of one device.
 
 The 8 devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` before JAX

@@ -1,4 +1,4 @@
-"""``lpips-jax dirs``, ``allpairs``, ``eval`` and ``lpips_jax.evaluate`` as a 2-process
+"""``lpips-jax dirs``, ``allpairs``, ``eval`` and ``lpips_jax.bapps.evaluate`` as a 2-process
 ``jax.distributed`` job on this host (loopback only), against one process.
 
 Each process (tests/_distributed_worker.py) has 2 simulated CPU devices, joins with the

@@ -1,12 +1,19 @@
-"""BAPPS, the Berkeley-Adobe Perceptual Patch Similarity dataset, as tensorflow-datasets.
+"""BAPPS, the Berkeley-Adobe Perceptual Patch Similarity dataset: the data as
+tensorflow-datasets, scoring metrics on it, and training LPIPS heads on it.
 
 ``tensorflow-datasets`` is the optional extra ``data`` (``pip install -e ".[data]"`` in a checkout)
-and is imported lazily, only when a function here needs it; ``import lpips_jax`` never
-imports it. TensorFlow itself is not needed.
+and is imported lazily, only when a function here needs it; ``import lpips_jax`` imports
+nothing of this package. TensorFlow itself is not needed. Scoring (``evaluate``,
+``score_2afc``, ``score_jnd``, ``voc_ap``, the baselines ``l2``, ``ssim``, ``dssim``) and
+training (``train``, ``TrainResult``, ``export_heads_torch_format``; the extra ``train``:
+optax, orbax-checkpoint) are imported on first use.
 
+    import lpips_jax
     from lpips_jax import bapps
     bapps.prepare("~/bapps")                      # tarballs or extracted official folder
     src = bapps.load("2afc", "val_traditional")   # random access: len(src), src[i]
+    scores = bapps.evaluate(lpips_jax.load("alex"))
+    result = bapps.train(net="alex", out="heads.safetensors")
 
 Each 2AFC example is ``{"ref", "p0", "p1": (64, 64, 3) uint8, "judge": float32, "id": str}``
 with ``judge`` the fraction of raters who found ``p1`` closer to ``ref``; each JND example
@@ -28,18 +35,34 @@ from lpips_jax.bapps._layout import (
     split_name,
 )
 
+# Scoring and training, imported on first use: name -> module.
+_LAZY = {
+    **dict.fromkeys(("dssim", "evaluate", "l2", "score_2afc", "score_jnd", "ssim", "voc_ap"), "_evaluate"),
+    **dict.fromkeys(("TrainResult", "export_heads_torch_format", "train"), "_train"),
+}
+
 __all__ = [
     "CONFIGS",
     "INSTRUCTIONS",
     "SUBSETS",
     "Bapps",
     "BappsDataError",
+    "TrainResult",
     "available",
     "builder",
+    "dssim",
+    "evaluate",
+    "export_heads_torch_format",
+    "l2",
     "load",
     "prepare",
     "prepared_splits",
+    "score_2afc",
+    "score_jnd",
     "split_name",
+    "ssim",
+    "train",
+    "voc_ap",
 ]
 
 
@@ -60,6 +83,10 @@ def __getattr__(name: str) -> Any:
         from lpips_jax.bapps._builder import Bapps
 
         return Bapps
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"lpips_jax.bapps.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'lpips_jax.bapps' has no attribute {name!r}")
 
 

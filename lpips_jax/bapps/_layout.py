@@ -75,11 +75,6 @@ def split_name(split: str, subset: str) -> str:
     return f"{split}_{subset}"
 
 
-def all_splits(config: str) -> tuple[str, ...]:
-    check_config(config)
-    return tuple(split_name(s, sub) for s, subs in SUBSETS[config].items() for sub in subs)
-
-
 def check_config(config: str) -> str:
     if config not in CONFIGS:
         raise ValueError(f"BAPPS config {config!r} is not known: expected one of {CONFIGS}")

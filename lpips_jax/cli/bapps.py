@@ -1,8 +1,8 @@
 """``lpips-jax eval`` and ``lpips-jax train``: BAPPS scoring and head training.
 
 ``register(subparsers, progress)`` adds both subcommands; each sets ``func(args) -> int``
-(the exit code). The library code (:mod:`lpips_jax.bapps.evaluate`,
-:mod:`lpips_jax.bapps.train`) and tensorflow-datasets are imported only when a command runs.
+(the exit code). The library code (:mod:`lpips_jax.bapps`: ``evaluate``, ``train``) and
+tensorflow-datasets are imported only when a command runs.
 ``eval`` splits each batch over the local devices and, under ``jax.distributed``, each
 subset over the processes; process 0 prints and writes.
 """
@@ -126,8 +126,8 @@ def _check_data(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from lpips_jax._weights import WeightsError, load
-    from lpips_jax.bapps import BappsDataError
-    from lpips_jax.bapps.evaluate import evaluate, format_table
+    from lpips_jax.bapps import BappsDataError, evaluate
+    from lpips_jax.bapps._evaluate import format_table
 
     _check_data(args)
     if is_writer():
@@ -161,8 +161,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from lpips_jax.bapps import BappsDataError
-    from lpips_jax.bapps.train import EXPORT_HINT, train
+    from lpips_jax.bapps import BappsDataError, train
+    from lpips_jax.bapps._train import EXPORT_HINT
 
     if args.net == "dists" or args.variant != "vanilla":
         raise UsageError(

@@ -10,10 +10,11 @@ A metric is any callable ``metric(x, y) -> (N,)`` distances for ``x, y`` NHWC fl
   ascending distance.
 
 Images are read from the tensorflow-datasets builder ``bapps`` (see
-:mod:`lpips_jax.bapps`), converted exactly as the official loader (``ToTensor`` then
-``Normalize(0.5, 0.5)``), and scored in fixed-size jitted batches (the last one padded),
-each split over the local devices. Under ``jax.distributed`` each process scores a
-contiguous block of every subset and every process returns the scores of all.
+:mod:`lpips_jax.bapps`) as training reads them (:mod:`lpips_jax.bapps._examples`),
+converted exactly as the official loader (``ToTensor`` then ``Normalize(0.5, 0.5)``), and
+scored in fixed-size jitted batches (the last one padded), each split over the local
+devices. Under ``jax.distributed`` each process scores a contiguous block of every subset
+and every process returns the scores of all.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lpips_jax import _metric, _sharding
-from lpips_jax._dists import DISTSParams
-from lpips_jax._metric import LPIPSParams
+import lpips_jax
+from lpips_jax import DISTSParams, LPIPSParams, _checks, _sharding
 from lpips_jax._outputs import progress_bar
+from lpips_jax.bapps._examples import Examples, to_unit_official
 
 Metric = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -132,14 +133,8 @@ def rgb_to_lab(rgb255: jax.Array) -> jax.Array:
 
 
 def _check_pair(x: Any, y: Any) -> tuple[jax.Array, jax.Array]:
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.shape != y.shape or x.ndim not in (3, 4) or x.shape[-1] != 3:
-        raise ValueError(
-            f"x and y have shapes {x.shape} and {y.shape}: expected equal (N, H, W, 3) or (H, W, 3)"
-        )
-    if not (jnp.issubdtype(x.dtype, jnp.floating) and jnp.issubdtype(y.dtype, jnp.floating)):
-        raise TypeError(f"x and y have dtypes {x.dtype} and {y.dtype}: expected float in [-1, 1]")
-    return x, y
+    _checks.check_images(x, y)  # the metric's own checks of shape and dtype
+    return jnp.asarray(x), jnp.asarray(y)
 
 
 def _check_colorspace(colorspace: str) -> None:
@@ -235,30 +230,23 @@ def dssim(x: Any, y: Any, *, colorspace: str = "Lab") -> jax.Array:
 # ----------------------------------------------------------------------------- batching
 
 
-def to_unit_official(u8: Any) -> jax.Array:
-    """uint8 ``[0, 255]`` to float32 ``[-1, 1]`` as the official loader: ``(u / 255 - .5) / .5``."""
-    t = jnp.asarray(u8).astype(jnp.float32) / 255.0
-    return (t - 0.5) / 0.5
-
-
 @functools.partial(jax.jit, static_argnames=("pair",))
-def _lpips_batch(params: LPIPSParams, images: tuple[jax.Array, ...], pair: bool) -> tuple:
-    # `pair`: JND (p0, p1) -> (d,); otherwise 2AFC (ref, p0, p1) -> (d0, d1). All images go
-    # through the trunk as one batch (one trunk in the compiled program); the reference's
-    # features are computed once. The images of an example are stacked next to each other
-    # (not concatenated), so a batch split over devices needs no data from another device.
-    n, k = images[0].shape[0], len(images)
-    stacked = jnp.stack(images, axis=1).reshape(n * k, *images[0].shape[1:])
-    taps = _metric.features(params, to_unit_official(stacked))
-    f = [tuple(t.reshape(n, k, *t.shape[1:])[:, i] for t in taps) for i in range(k)]
+def _lpips_batch(params: LPIPSParams | DISTSParams, images: tuple[jax.Array, ...], pair: bool) -> tuple:
+    # `pair`: JND (p0, p1) -> (d,); otherwise 2AFC (ref, p0, p1) -> (d0, d1).
+    x = [to_unit_official(a) for a in images]
     if pair:
-        # identical patches score exactly 0, as JND's ties need, wherever they sit in the batch
-        d = _metric.distance_from_features(params, f[0], f[1])
-        return _metric._zero_identical((d,), images[0], images[1])
-    return (
-        _metric.distance_from_features(params, f[0], f[1]),
-        _metric.distance_from_features(params, f[0], f[2]),
-    )
+        # `distance` scores identical patches exactly 0, as JND's ties need, wherever they
+        # sit in the batch.
+        return (lpips_jax.distance(params, x[0], x[1]),)
+    # All three images go through the trunk as one batch (one trunk in the compiled
+    # program), the reference's features once. The images of an example are stacked next
+    # to each other (not concatenated), so a batch split over devices needs no data from
+    # another device.
+    n = images[0].shape[0]
+    stacked = jnp.stack(x, axis=1).reshape(n * 3, *images[0].shape[1:])
+    taps = lpips_jax.features(params, stacked)
+    fr, f0, f1 = (tuple(t.reshape(n, 3, *t.shape[1:])[:, i] for t in taps) for i in range(3))
+    return lpips_jax.distance_from_features(params, fr, f0), lpips_jax.distance_from_features(params, fr, f1)
 
 
 def _callable_batch(metric: Metric, jit: bool) -> Callable:
@@ -285,92 +273,22 @@ def _batcher(metric: Any, jit: bool, dev: _sharding.LocalDevices) -> Callable:
     return lambda images, pair: run(dev.put(*images), pair)
 
 
-def batched_distances(
-    metric: Any,
-    images: Sequence[np.ndarray],
-    *,
-    batch_size: int = 50,
-    jit: bool = True,
-    devices: int | None = None,
-) -> tuple[np.ndarray, ...]:
-    """Distances over arrays in fixed-size batches (the last padded; one trace).
-
-    Args:
-      metric: :class:`LPIPSParams` or a callable ``(x, y) -> (N,)``.
-      images: ``(ref, p0, p1)`` (2AFC: returns ``(d0, d1)``) or ``(p0, p1)`` (JND: returns
-        ``(d,)``), each ``(N, H, W, 3)`` uint8.
-      devices: split each batch over the first ``devices`` local devices (``None``: all);
-        ``batch_size`` is rounded up to a multiple of it.
-    """
-    dev = _sharding.LocalDevices(devices)
-    return _distances(_batcher(metric, jit, dev), _ArraySource(images), batch_size, None, dev)[0]
-
-
-class _ArraySource:
-    def __init__(self, images: Sequence[np.ndarray]):
-        if len(images) not in (2, 3):
-            raise ValueError(f"expected (ref, p0, p1) or (p0, p1): got {len(images)} arrays")
-        images = [np.asarray(a) for a in images]
-        shapes = {a.shape for a in images}
-        if len(shapes) != 1 or images[0].ndim != 4 or images[0].shape[-1] != 3:
-            raise ValueError(f"images have shapes {[a.shape for a in images]}: expected equal (N, H, W, 3)")
-        for a in images:
-            if a.dtype != np.uint8:
-                raise TypeError(f"images have dtype {a.dtype}: expected uint8 in [0, 255]")
-        self.images = images
-
-    def __len__(self) -> int:
-        return self.images[0].shape[0]
-
-    def batch(self, lo: int, hi: int) -> tuple[tuple[np.ndarray, ...], None]:
-        return tuple(a[lo:hi] for a in self.images), None
-
-
-class _TfdsSource:
-    def __init__(self, source: Any, parts: tuple[str, ...], label: str):
-        self.source, self.parts, self.label = source, parts, label
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def batch(self, lo: int, hi: int) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-        recs = list(self.source.__getitems__(list(range(lo, hi))))
-        images = tuple(np.stack([r[p] for r in recs]) for p in self.parts)
-        return images, np.asarray([r[self.label] for r in recs], np.float64)
-
-
-class _Block:
-    """The examples ``rows`` (a range) of ``source``."""
-
-    def __init__(self, source: Any, rows: range):
-        self.source, self.rows = source, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def batch(self, lo: int, hi: int) -> tuple[tuple[np.ndarray, ...], Any]:
-        return self.source.batch(self.rows.start + lo, self.rows.start + hi)
-
-
 def _distances(
-    run: Callable, source: Any, batch_size: int, bar: Any, dev: _sharding.LocalDevices
-) -> tuple[tuple, Any]:
-    """``((d0, d1) or (d,), labels or None)`` over ``source`` in padded fixed-size batches
+    run: Callable, examples: Examples, rows: range, batch_size: int, bar: Any, dev: _sharding.LocalDevices
+) -> tuple[tuple, np.ndarray]:
+    """``((d0, d1) or (d,), labels)`` of the examples ``rows`` in padded fixed-size batches
     (``batch_size`` rounded up to a multiple of the device count)."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected a positive int")
     batch_size = dev.batch_size(batch_size)
-    n = len(source)
+    pair = len(examples.parts) == 2
     outs: list[list[np.ndarray]] = []
     labels: list[np.ndarray] = []
-    for lo in range(0, n, batch_size):
-        hi = min(lo + batch_size, n)
-        imgs, lab = source.batch(lo, hi)
-        if lab is not None:
-            labels.append(lab)
-        pair = len(imgs) == 2
-        padded = tuple(_sharding.pad_rows(a, batch_size) for a in imgs)
-        res = run(padded, pair)
+    for lo in range(0, len(rows), batch_size):
+        batch = examples.get(rows[lo : lo + batch_size])
+        n = len(batch[examples.label])
+        labels.append(batch[examples.label].astype(np.float64))
+        res = run(tuple(_sharding.pad_rows(batch[p], batch_size) for p in examples.parts), pair)
         if not outs:
             outs = [[] for _ in res]
         for acc, r in zip(outs, res, strict=False):
@@ -380,24 +298,23 @@ def _distances(
                     f"the metric returned shape {np.shape(r)} for a batch of {batch_size}: "
                     f"expected ({batch_size},) distances"
                 )
-            acc.append(r[: hi - lo])
-        if bar is not None:
-            bar.update(hi - lo)
-    return tuple(np.concatenate(a) for a in outs), (np.concatenate(labels) if labels else None)
+            acc.append(r[:n])
+        bar.update(n)
+    return tuple(np.concatenate(a) for a in outs), np.concatenate(labels)
 
 
 def _shared_distances(
-    run: Callable, source: Any, batch_size: int, bar: Any, dev: _sharding.LocalDevices, tag: str, outputs: int
+    run: Callable, examples: Examples, batch_size: int, bar: Any, dev: _sharding.LocalDevices, tag: str
 ) -> tuple[tuple, np.ndarray]:
-    """:func:`_distances` of this process's block of ``source``, then of all of it
-    (every process's block, in order); ``outputs``: 2 for 2AFC, 1 for JND."""
-    mine = _Block(source, _sharding.block(len(source)))
+    """:func:`_distances` of this process's block of ``examples``, then of all of them
+    (every process's block, in order)."""
+    mine = _sharding.block(len(examples))
     if len(mine):
-        d, label = _distances(run, mine, batch_size, bar, dev)
+        d, label = _distances(run, examples, mine, batch_size, bar, dev)
     else:  # more processes than examples
-        d, label = (np.zeros(0),) * outputs, np.zeros(0)
+        d, label = (np.zeros(0),) * (len(examples.parts) - 1), np.zeros(0)
     parts = _sharding.exchange(tag, {"d": [a.tolist() for a in d], "label": label.tolist()})
-    d = tuple(np.concatenate([np.asarray(p["d"][i], np.float64) for p in parts]) for i in range(outputs))
+    d = tuple(np.concatenate([np.asarray(p["d"][i], np.float64) for p in parts]) for i in range(len(d)))
     return d, np.concatenate([np.asarray(p["label"], np.float64) for p in parts])
 
 
@@ -413,7 +330,7 @@ def resolve_metric(
     ``"baseline"`` (``lpips=False``), ``"l2"``, ``"ssim"`` (Lab; ``"l2-rgb"``, ``"ssim-rgb"``
     for RGB).
     """
-    from lpips_jax._weights import load
+    from lpips_jax import load
 
     if isinstance(metric, DISTSParams):
         return metric, "dists"
@@ -560,16 +477,11 @@ def evaluate(
         scores, per = {}, {}
         for subset in names:
             sname = _layout.split_name(split, subset)
-            src = _TfdsSource(
-                bapps.load(task, sname, data_dir=data_dir),
-                _layout.IMAGE_PARTS[task],
-                _layout.LABEL[task],
-            )
+            examples = Examples.from_splits(task, [sname], data_dir=data_dir)
             desc = f"{name} {task} {sname}"
-            size = len(_sharding.block(len(src)))
+            size = len(_sharding.block(len(examples)))
             with progress_bar(progress, size, desc=desc, unit="ex", leave=False) as bar:
-                outputs = 2 if task == "2afc" else 1
-                d, label = _shared_distances(run, src, batch_size, bar, dev, desc, outputs)
+                d, label = _shared_distances(run, examples, batch_size, bar, dev, desc)
             if task == "2afc":
                 scores[subset] = score_2afc(d[0], d[1], label)
                 per[subset] = {"d0": d[0], "d1": d[1], "judge": label}

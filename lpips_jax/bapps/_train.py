@@ -21,13 +21,16 @@ reproduced here:
 - The training accuracy is the official ``compute_accuracy``:
   ``(d1 < d0) * judge + (d1 >= d0) * (1 - judge)``.
 
+The distances are the metric's own (:func:`lpips_jax.features` and
+:func:`lpips_jax.distance_from_features`), so training and evaluation cannot drift apart.
 The train step is one jitted function per configuration (a partial last batch is padded
-and masked out, so shapes are static and the step is traced once).
+and masked out, so shapes are static and the step is traced once). Checkpoints are
+orbax-checkpoint's, one folder per finished epoch, written whole or not at all.
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import dataclasses
 import functools
 import json
@@ -43,21 +46,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save
 
-from lpips_jax import _checks, _metric, _nets, _weights
-from lpips_jax._metric import LPIPSParams
-from lpips_jax._outputs import atomic_file, progress_bar
-from lpips_jax.bapps.evaluate import to_unit_official
+import lpips_jax
+from lpips_jax import LPIPSParams, _checks, _weights
+from lpips_jax._outputs import progress_bar
+from lpips_jax._sharding import pad_rows
+from lpips_jax.bapps._examples import Examples, to_unit_official
 
 MODES = ("lin", "tune", "scratch")
 HEADS_INIT = ("random", "pretrained")
-CHECKPOINT_FORMAT = "lpips_jax.train/1"
 EXPORT_HINT = "python -m convert.export_heads {out} heads.pth"
-
-# Number of traces of the train step, per TrainConfig: a test asserts one per config.
-TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
 # ----------------------------------------------------------------------------- modules
@@ -103,7 +101,7 @@ class Dist2Logit(nn.Module):
 
 def init_heads(key: jax.Array, net: str) -> dict:
     """Random heads as the official trainer: ``U(-1/sqrt(C), 1/sqrt(C))``, ``(1, 1, C, 1)``."""
-    channels = _nets.tap_channels(net)
+    channels = lpips_jax.tap_channels(net)
     keys = jax.random.split(key, len(channels))
     return {f"lin{k}": {"kernel": _torch_uniform(c)(keys[k], (1, 1, c, 1))} for k, c in enumerate(channels)}
 
@@ -138,29 +136,29 @@ def init_trunk(key: jax.Array, net: str) -> dict:
     return _weights.unflatten(flat)
 
 
-def train_distance(
-    heads: Mapping, fa: tuple, fb: tuple, *, key: jax.Array | None = None, dropout: float = 0.0
-) -> jax.Array:
-    """LPIPS distance ``(N,)`` from normalised taps, with the heads' training dropout.
+def head_dropout(fa: tuple, fb: tuple, key: jax.Array, rate: float) -> tuple[tuple, tuple]:
+    """The heads' training dropout, on two sets of normalised taps ``(N, h, w, C)``.
 
-    With ``dropout=0`` this equals :func:`lpips_jax.distance_from_features`.
+    The official ``Dropout`` acts on each head's input, the squared difference ``(a - b)^2``:
+    each element kept with probability ``1 - rate`` and scaled by ``1 / (1 - rate)``. Here
+    both taps are scaled by ``s``, 0 or ``1 / sqrt(1 - rate)``, and ``(s a - s b)^2 =
+    s^2 (a - b)^2``: the same dropout, and the metric's own distance
+    (:func:`lpips_jax.distance_from_features`) of the result. One draw for all taps (one
+    RNG op in the compiled step).
     """
-    diffs = [(a - b) ** 2 for a, b in zip(fa, fb, strict=True)]
-    if dropout > 0:
-        # One draw for all taps (one RNG op in the compiled step, not one per tap).
-        sizes = [d[0].size for d in diffs]
-        n = diffs[0].shape[0]
-        keep = jax.random.bernoulli(key, 1.0 - dropout, (n, sum(sizes)))
-        offsets = np.cumsum([0, *sizes])
-        diffs = [
-            jnp.where(keep[:, lo:hi].reshape(d.shape), d / (1.0 - dropout), 0.0)
-            for d, lo, hi in zip(diffs, offsets[:-1], offsets[1:], strict=True)
-        ]
-    total = 0.0
-    for k, d in enumerate(diffs):
-        # The metric's own head formula (exact float32 on GPU too, unlike a TF32 einsum).
-        total = total + jnp.mean(_metric.head_map(d, heads[f"lin{k}"]["kernel"]), axis=(-2, -1))
-    return total
+    if rate == 0:
+        return fa, fb
+    sizes = [a[0].size for a in fa]
+    keep = jax.random.bernoulli(key, 1.0 - rate, (fa[0].shape[0], sum(sizes)))
+    offsets = np.cumsum([0, *sizes])
+    scale = [
+        jnp.where(keep[:, lo:hi].reshape(a.shape), 1.0 / math.sqrt(1.0 - rate), 0.0)
+        for a, lo, hi in zip(fa, offsets[:-1], offsets[1:], strict=True)
+    ]
+    return (
+        tuple(a * s for a, s in zip(fa, scale, strict=True)),
+        tuple(b * s for b, s in zip(fb, scale, strict=True)),
+    )
 
 
 def export_heads_torch_format(params: LPIPSParams, *, trunk: bool = False) -> dict[str, np.ndarray]:
@@ -173,7 +171,7 @@ def export_heads_torch_format(params: LPIPSParams, *, trunk: bool = False) -> di
     if not isinstance(params, LPIPSParams) or not params.lpips or params.heads is None:
         raise ValueError("export_heads_torch_format needs LPIPSParams with heads (lpips=True)")
     out = {}
-    for k in range(len(_nets.tap_channels(params.net))):
+    for k in range(len(lpips_jax.tap_channels(params.net))):
         w = np.asarray(params.heads[f"lin{k}"]["kernel"], np.float32)
         out[f"lin{k}.model.1.weight"] = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
     if trunk:
@@ -260,7 +258,7 @@ class TrainState:
 class TrainResult:
     """``params``: trained :class:`LPIPSParams`; ``rank``: the Dist2Logit params; ``history``:
     one dict per finished epoch (``epoch``, ``loss``, ``acc``, ``lr``); ``checkpoint``: the
-    last checkpoint written, if any."""
+    folder of the last checkpoint written or resumed from, if any."""
 
     params: LPIPSParams
     rank: Any
@@ -274,19 +272,17 @@ def _lpips_params(cfg: TrainConfig, trunk: Any, heads: Any) -> LPIPSParams:
 
 def init_state(cfg: TrainConfig) -> TrainState:
     """The initial state: random heads and ranking net, pretrained (or random) trunk."""
-    from lpips_jax._weights import load
-
     key = jax.random.PRNGKey(cfg.seed)
     k_heads, k_rank, k_trunk, k_run = jax.random.split(key, 4)
     if cfg.heads_init == "random":
         heads = init_heads(k_heads, cfg.net)
     else:
-        heads = load(cfg.net, cfg.version).heads
+        heads = lpips_jax.load(cfg.net, cfg.version).heads
     rank = Dist2Logit().init(k_rank, jnp.zeros((1,)), jnp.zeros((1,)))["params"]
     if cfg.mode == "scratch":
         trunk = init_trunk(k_trunk, cfg.net)
     else:
-        trunk = load(cfg.net, lpips=False).trunk
+        trunk = lpips_jax.load(cfg.net, lpips=False).trunk
     trainable = {"heads": heads, "rank": rank}
     frozen = trunk
     if cfg.mode != "lin":
@@ -309,12 +305,11 @@ def _train_step(cfg: TrainConfig):
 
     def taps(trunk, images):
         p = LPIPSParams(trunk=trunk, heads=None, net=cfg.net, version=cfg.version, lpips=False)
-        f = _metric.features(p, images)
+        f = lpips_jax.features(p, images)
         n = images.shape[0] // 3
         return tuple(tuple(t[i * n : (i + 1) * n] for t in f) for i in range(3))
 
     def step(state: TrainState, batch: Mapping[str, jax.Array]):
-        TRACE_COUNTS[cfg] += 1
         images = to_unit_official(jnp.concatenate([batch["ref"], batch["p0"], batch["p1"]]))
         judge = batch["judge"].astype(jnp.float32)
         mask = batch["mask"].astype(jnp.float32)
@@ -324,8 +319,9 @@ def _train_step(cfg: TrainConfig):
 
         def loss_fn(tr):
             fr, f0, f1 = frozen if frozen is not None else taps(tr["trunk"], images)
-            d0 = train_distance(tr["heads"], fr, f0, key=k0, dropout=cfg.dropout)
-            d1 = train_distance(tr["heads"], fr, f1, key=k1, dropout=cfg.dropout)
+            params = _lpips_params(cfg, tr.get("trunk", state.frozen_trunk), tr["heads"])
+            d0 = lpips_jax.distance_from_features(params, *head_dropout(fr, f0, k0, cfg.dropout))
+            d1 = lpips_jax.distance_from_features(params, *head_dropout(fr, f1, k1, cfg.dropout))
             logit = rank_net.apply({"params": tr["rank"]}, d0, d1)
             bce = optax.sigmoid_binary_cross_entropy(logit, judge)
             return jnp.sum(bce * mask) / jnp.sum(mask), (d0, d1)
@@ -353,56 +349,9 @@ def _train_step(cfg: TrainConfig):
 # ----------------------------------------------------------------------------- data
 
 
-class _ArrayTriplets:
-    def __init__(self, data: Mapping[str, Any]):
-        missing = [k for k in ("ref", "p0", "p1", "judge") if k not in data]
-        if missing:
-            raise ValueError(f"training data lacks {missing}: expected keys ref, p0, p1, judge")
-        self.ref, self.p0, self.p1 = (np.asarray(data[k]) for k in ("ref", "p0", "p1"))
-        self.judge = np.asarray(data["judge"], np.float32).reshape(-1)
-        for name, a in (("ref", self.ref), ("p0", self.p0), ("p1", self.p1)):
-            if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
-                raise ValueError(
-                    f"training data {name} has shape {a.shape} and dtype {a.dtype}: "
-                    "expected (N, H, W, 3) uint8"
-                )
-        n = {self.ref.shape[0], self.p0.shape[0], self.p1.shape[0], self.judge.shape[0]}
-        if len(n) != 1:
-            raise ValueError(f"training data arrays have different lengths {sorted(n)}")
-
-    def __len__(self) -> int:
-        return self.judge.shape[0]
-
-    def get(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return {
-            "ref": self.ref[idx], "p0": self.p0[idx], "p1": self.p1[idx], "judge": self.judge[idx],
-        }  # fmt: skip
-
-
-class _TfdsTriplets:
-    def __init__(self, sources: list[Any]):
-        self.sources = sources
-        self.offsets = np.cumsum([0] + [len(s) for s in sources])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def get(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
-        recs: list[Any] = [None] * len(idx)
-        for s in np.unique(which):
-            pos = np.flatnonzero(which == s)
-            got = self.sources[s].__getitems__([int(i) for i in idx[pos] - self.offsets[s]])
-            for p, r in zip(pos, got, strict=True):
-                recs[p] = r
-        out = {k: np.stack([r[k] for r in recs]) for k in ("ref", "p0", "p1")}
-        out["judge"] = np.asarray([r["judge"] for r in recs], np.float32)
-        return out
-
-
-def _training_data(data: Any, data_dir: Any, subsets: Any) -> Any:
+def _training_data(data: Any, data_dir: Any, subsets: Any) -> Examples:
     if isinstance(data, Mapping):
-        return _ArrayTriplets(data)
+        return Examples.from_arrays("2afc", data)
     from lpips_jax import bapps
     from lpips_jax.bapps import _layout
 
@@ -422,102 +371,67 @@ def _training_data(data: Any, data_dir: Any, subsets: Any) -> Any:
             split, _, sub = s.partition("/") if "/" in s else ("train", "", s)
             _layout.check_subset("2afc", split, sub)
             names.append(_layout.split_name(split, sub))
-    return _TfdsTriplets([bapps.load("2afc", n, data_dir=data_dir) for n in names])
-
-
-def _pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    n = batch["judge"].shape[0]
-    mask = np.zeros((size,), np.float32)
-    mask[:n] = 1.0
-    if n < size:
-        batch = {k: np.concatenate([v, np.repeat(v[:1], size - n, axis=0)]) for k, v in batch.items()}
-    return {**batch, "mask": mask}
+    return Examples.from_splits("2afc", names, data_dir=data_dir)
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# orbax-checkpoint's CheckpointManager: a folder `epoch_NNNN` per finished epoch, written
+# under a temporary name and renamed when complete, so a run stopped mid-write leaves the
+# checkpoints before it as they were (and the next manager clears the partial folder).
 
 
-def _ckpt_path(directory: Path, epoch: int) -> Path:
-    return directory / f"epoch_{epoch:04d}.safetensors"
+def _checkpoint_path(directory: str | os.PathLike, epoch: int) -> Path:
+    return Path(directory) / f"epoch_{epoch:04d}"
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest ``epoch_NNNN.safetensors`` in ``directory``, or ``None``."""
-    d = Path(directory)
-    found = sorted(d.glob("epoch_[0-9][0-9][0-9][0-9].safetensors")) if d.is_dir() else []
-    return found[-1] if found else None
+def checkpoint_manager(directory: str | os.PathLike, *, keep: int = 2) -> Any:
+    """An ``orbax.checkpoint.CheckpointManager`` of ``directory`` (steps: finished epochs)
+    keeping the newest ``keep`` (all if ``keep < 1``); a context manager."""
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep if keep >= 1 else None, step_prefix="epoch", step_format_fixed_length=4,
+        create=True, cleanup_tmp_directories=True,
+    )  # fmt: skip
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
-def save_checkpoint(
-    path: str | os.PathLike, state: TrainState, cfg: TrainConfig, epoch: int, history: list
-) -> None:
-    """Everything needed to resume: trainable params, Adam state, step, RNG key, history."""
-    flat = {f"trainable/{k}": np.asarray(v) for k, v in _weights.flatten(state.trainable).items()}
-    for i, leaf in enumerate(jax.tree_util.tree_leaves(state.opt_state)):
-        flat[f"opt/{i:05d}"] = np.asarray(leaf).reshape(np.shape(leaf) or (1,))
-    flat["step"] = np.asarray(state.step, np.int64).reshape(1)
-    flat["key"] = np.asarray(jax.random.key_data(state.key)).reshape(-1)
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
-        "epoch": str(epoch),
-        "history": json.dumps(history),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata=meta)
-    with atomic_file(path, "wb") as f:
-        f.write(data)
+def _saved(state: TrainState) -> dict:
+    """What a checkpoint holds of ``state``: trainable params, optimizer state, step, RNG key."""
+    return {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step, "key": state.key}
 
 
-def load_checkpoint(
-    path: str | os.PathLike, cfg: TrainConfig, template: TrainState
-) -> tuple[TrainState, int, list]:
-    """Restore ``(state, finished epochs, history)``; the config must equal ``cfg``."""
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = dict(f.metadata() or {})
-            arrays = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"checkpoint {path}: not a readable safetensors file ({e})") from e
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    saved = json.loads(meta["config"])
-    want = dataclasses.asdict(cfg)
-    diff = {k: (saved.get(k), want[k]) for k in want if saved.get(k) != want[k]}
+def save_checkpoint(manager: Any, epoch: int, state: TrainState, cfg: TrainConfig, history: list) -> None:
+    """Everything needed to resume after ``epoch`` finished epochs (and the config and history)."""
+    import orbax.checkpoint as ocp
+
+    meta = {"config": dataclasses.asdict(cfg), "history": history}
+    args = ocp.args.Composite(state=ocp.args.StandardSave(_saved(state)), meta=ocp.args.JsonSave(meta))
+    manager.save(epoch, args=args)
+
+
+def restore_checkpoint(
+    manager: Any, epoch: int, cfg: TrainConfig, template: TrainState
+) -> tuple[TrainState, list]:
+    """``(state, history)`` after ``epoch`` finished epochs; the config must equal ``cfg``."""
+    import orbax.checkpoint as ocp
+
+    path = _checkpoint_path(manager.directory, epoch)
+    meta = manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    theirs, want = meta["config"], dataclasses.asdict(cfg)
+    diff = {k: (theirs.get(k), want[k]) for k in want if theirs.get(k) != want[k]}
     if diff:
         lines = "\n".join(f"  {k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise ValueError(
             f"checkpoint {path} was written by a different training configuration:\n{lines}\n"
             "use the same options, another checkpoint directory, or resume=False"
         )
-
-    def restore(tree: Any, prefix: str) -> Any:
-        flat = _weights.flatten(tree)
-        out = {}
-        for k, v in flat.items():
-            a = arrays.get(prefix + k)
-            if a is None or a.shape != np.shape(v):
-                raise ValueError(f"checkpoint {path}: {prefix + k} missing or of another shape")
-            out[k] = jnp.asarray(a, jnp.asarray(v).dtype)
-        return _weights.unflatten(out)
-
-    trainable = restore(template.trainable, "trainable/")
-    leaves, treedef = jax.tree_util.tree_flatten(template.opt_state)
-    new_leaves = []
-    for i, leaf in enumerate(leaves):
-        a = arrays.get(f"opt/{i:05d}")
-        if a is None or a.size != np.size(leaf):
-            raise ValueError(f"checkpoint {path}: optimizer state entry {i} missing or of another size")
-        new_leaves.append(jnp.asarray(a.reshape(np.shape(leaf)), jnp.asarray(leaf).dtype))
-    key_data = jnp.asarray(arrays["key"], jnp.uint32)
-    state = template.replace(
-        trainable=trainable,
-        opt_state=jax.tree_util.tree_unflatten(treedef, new_leaves),
-        step=jnp.asarray(int(arrays["step"][0]), jnp.int32),
-        key=key_data.reshape(np.shape(template.key)),
-    )
-    return state, int(meta["epoch"]), json.loads(meta["history"])
+    target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _saved(template))
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    saved = jax.device_get(manager.restore(epoch, args=args)["state"])
+    # As a fresh state's arrays: uncommitted to a device (a committed argument is another
+    # signature of the jitted step: it would compile again).
+    return template.replace(**jax.tree_util.tree_map(jnp.asarray, saved)), meta["history"]
 
 
 # ----------------------------------------------------------------------------- train
@@ -579,8 +493,9 @@ def train(
         prepared ``train_*`` split, i.e. the official ``train/{traditional,cnn,mix}``).
       out: write the trained params (trunk + heads) here; ``lpips_jax.load(path=out)``
         reads them, ``python -m convert.export_heads OUT heads.pth`` exports the heads.
-      checkpoint_dir: write ``epoch_NNNN.safetensors`` after every epoch; with ``resume``,
-        continue from the newest one there.
+      checkpoint_dir: write a checkpoint (orbax-checkpoint, a folder ``epoch_NNNN``:
+        params, optimizer state, step, RNG key, history) after every epoch; with
+        ``resume``, continue from the newest one there, else start over and replace them.
       epochs, epochs_decay, batch_size, lr, beta1: the official schedule (module docstring).
       dropout: dropout on the heads' inputs while training (official 0.5).
       seed: seeds initialisation, shuffling and dropout; a run is reproducible.
@@ -606,25 +521,31 @@ def train(
     )  # fmt: skip
     state = init_state(cfg)
     start, history, last_ckpt = 0, [], None
-    ckdir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    if ckdir is not None and resume:
-        found = latest_checkpoint(ckdir)
-        if found is not None:
-            state, start, history = load_checkpoint(found, cfg, state)
-            last_ckpt = found
     step_fn = _train_step(cfg)
     end = cfg.total_epochs if stop_after is None else min(cfg.total_epochs, stop_after)
     steps = cfg.steps_per_epoch
-    bar = progress_bar(
-        progress, steps * cfg.total_epochs, initial=steps * start, desc=f"train {mode} [{net}]", unit="step"
-    )
-    with bar:
+    with contextlib.ExitStack() as stack:
+        manager = None
+        if checkpoint_dir is not None:
+            manager = stack.enter_context(checkpoint_manager(checkpoint_dir, keep=keep_checkpoints))
+            found = manager.latest_step()
+            if found is not None and resume:
+                state, history = restore_checkpoint(manager, found, cfg, state)
+                start, last_ckpt = found, _checkpoint_path(checkpoint_dir, found)
+            elif found is not None:
+                for old in manager.all_steps():
+                    manager.delete(old)
+        total, desc = steps * cfg.total_epochs, f"train {mode} [{net}]"
+        bar = stack.enter_context(
+            progress_bar(progress, total, initial=steps * start, desc=desc, unit="step")
+        )
         for epoch in range(start, end):
             perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
             sums = []
             for s in range(steps):
                 idx = perm[s * batch_size : (s + 1) * batch_size]
-                batch = _pad_batch(source.get(idx), batch_size)
+                batch = {k: pad_rows(v, batch_size) for k, v in source.get(idx).items()}
+                batch["mask"] = (np.arange(batch_size) < len(idx)).astype(np.float32)
                 state, m = step_fn(state, batch)
                 sums.append(m)
                 bar.update(1)
@@ -633,10 +554,9 @@ def train(
             summary = _summary(sums, epoch + 1)
             summary["lr"] = float(cfg.lr * lr_factor(epoch, cfg.epochs, cfg.epochs_decay))
             history.append(summary)
-            if ckdir is not None:
-                last_ckpt = _ckpt_path(ckdir, epoch + 1)
-                save_checkpoint(last_ckpt, state, cfg, epoch + 1, history)
-                _prune(ckdir, keep_checkpoints)
+            if manager is not None:
+                save_checkpoint(manager, epoch + 1, state, cfg, history)
+                last_ckpt = _checkpoint_path(checkpoint_dir, epoch + 1)
     trunk = state.trainable.get("trunk", state.frozen_trunk)
     params = _lpips_params(cfg, trunk, state.trainable["heads"])
     if out is not None:
@@ -662,11 +582,3 @@ def save_trained(params: LPIPSParams, path: str | os.PathLike, cfg: TrainConfig)
 def _summary(sums: list, epoch: int) -> dict:
     tot = jax.tree_util.tree_map(lambda *a: float(np.sum(a)), *sums)
     return {"epoch": epoch, "loss": tot["loss_sum"] / tot["n"], "acc": tot["acc_sum"] / tot["n"]}
-
-
-def _prune(directory: Path, keep: int) -> None:
-    if keep < 1:
-        return
-    found = sorted(directory.glob("epoch_[0-9][0-9][0-9][0-9].safetensors"))
-    for p in found[:-keep]:
-        p.unlink()
