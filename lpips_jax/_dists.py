@@ -44,9 +44,40 @@ class DISTSParams:
     version = None
     variant = "vanilla"
     trunk_net = "dists"
+    feature_channels = CHANNELS
+
+    # The metric interface of lpips_jax._metric (METRIC_METHODS).
+
+    def validate(self) -> DISTSParams:
+        return validate(self)
+
+    def variables(self) -> dict:
+        """The ``{"params": ...}`` collection of ``lpips_jax.LPIPS(net="dists")``."""
+        return {"params": {"trunk": self.trunk, "alpha": self.alpha, "beta": self.beta}}
+
+    def features(self, xb, normalize, dtype, remat, precision) -> tuple[jax.Array, ...]:
+        return features(self, xb, normalize, dtype, remat, precision)
+
+    def layer_terms(self, fx, fy) -> tuple[jax.Array, ...]:
+        return stage_terms(self, fx, fy)
+
+    def spatial_terms(self, fx, fy):
+        raise ValueError("distance_map is not defined for DISTS (its terms are global statistics per stage)")
+
+
+def init(rng: jax.Array) -> DISTSParams:
+    """Fresh DISTS params: the trunk's Flax init, alpha and beta ~ N(0.1, 0.01) as the
+    official module initialises them."""
+    trunk = _nets.Trunk(net="dists").init(rng, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"]
+    ka, kb = jax.random.split(jax.random.fold_in(rng, 1))
+    n = sum(CHANNELS)
+    alpha, beta = (0.1 + 0.01 * jax.random.normal(k, (n,), jnp.float32) for k in (ka, kb))
+    return DISTSParams(trunk=trunk, alpha=alpha, beta=beta)
 
 
 def validate(params: Any) -> DISTSParams:
+    if not isinstance(params, DISTSParams):
+        raise TypeError(f"params has type {type(params).__name__}: expected DISTSParams")
     if params.net != "dists":
         raise ValueError(f"DISTSParams has net={params.net!r}: expected 'dists'")
     n = sum(CHANNELS)

@@ -13,6 +13,7 @@ sum over taps. Checks of rank, channels, shapes, dtype and minimum size run at t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -52,35 +53,61 @@ class LPIPSParams:
 
     def variables(self) -> dict:
         """The ``{"params": ...}`` collection for :class:`LPIPS` ``.apply``."""
-        p = {"trunk": self.trunk}
-        if self.lpips:
-            p["heads"] = self.heads
-        return {"params": p}
+        return variables(self)
 
     @property
     def trunk_net(self) -> str:
         """The trunk's layer table (``_nets.LAYERS``): ``net``, or ``net_st``."""
         return _nets.trunk_name(self.net, self.variant)
 
+    # The metric interface (see METRIC_METHODS below).
 
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        return _nets.tap_channels(self.trunk_net)
+
+    def validate(self) -> LPIPSParams:
+        _checks.check_net(self.net)
+        _checks.check_version(self.version)
+        _checks.check_lpips(self.lpips)
+        _checks.check_variant(self.variant, self.net)
+        if self.lpips and self.heads is None:
+            raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
+        return self
+
+    def features(self, xb, normalize, dtype, remat, precision) -> tuple[jax.Array, ...]:
+        """The unit-normalised taps of a batch, ``(N, h_k, w_k, C_k)`` each."""
+        return _taps(_trunk_fn(self, dtype, remat, precision), self.version, xb, normalize)
+
+    def layer_terms(self, fx, fy) -> tuple[jax.Array, ...]:
+        """Per tap, the ``(N,)`` spatial mean of its head map (``retPerLayer``)."""
+        return tuple(_layer_means(self.spatial_terms(fx, fy)))
+
+    def spatial_terms(self, fx, fy) -> tuple[jax.Array, ...]:
+        """Per tap, the ``(N, h, w)`` weighted squared difference of normalised features."""
+        return _head_maps(self, fx, fy)
+
+
+# The metric interface. Each metric's params class (``LPIPSParams`` here, ``DISTSParams``
+# in ``_dists``) is a pytree with a static ``net``, ``trunk_net`` (the layer table the size
+# checks use) and ``feature_channels`` (C of each feature), and these methods; the entry
+# points and modules call through them and never ask which metric they hold:
+#   validate() -> self                     static checks of the params (ValueError/TypeError)
+#   features(xb, normalize, dtype, remat, precision) -> tuple of (N, ...) arrays
+#   layer_terms(fx, fy) -> tuple of (N,) arrays whose sum is the distance
+#   spatial_terms(fx, fy) -> tuple of (N, h_k, w_k) maps, or ValueError where undefined
+# A new metric is one module with such a class, and an entry in ``_weights.load``.
+METRIC_METHODS = ("validate", "features", "layer_terms", "spatial_terms")
 Params = LPIPSParams | DISTSParams
 
 
 def _validate_params(params: Any) -> Params:
-    if isinstance(params, DISTSParams):
-        return _dists.validate(params)
-    if not isinstance(params, LPIPSParams):
+    if not all(callable(getattr(params, m, None)) for m in METRIC_METHODS):
         raise TypeError(
-            f"params has type {type(params).__name__}: expected LPIPSParams or DISTSParams, "
-            "as returned by lpips_jax.load(...)"
+            f"params has type {type(params).__name__}: expected LPIPSParams or DISTSParams (the "
+            "params of a metric), as returned by lpips_jax.load(...)"
         )
-    _checks.check_net(params.net)
-    _checks.check_version(params.version)
-    _checks.check_lpips(params.lpips)
-    _checks.check_variant(params.variant, params.net)
-    if params.lpips and params.heads is None:
-        raise ValueError("params.lpips is True but params.heads is None: load heads or set lpips=False")
-    return params
+    return params.validate()
 
 
 def scale_inputs(x: jax.Array, version: str, normalize: Any) -> jax.Array:
@@ -144,9 +171,7 @@ def _taps(trunk, version, xb, normalize):
 
 def _features_core(params: Params, xb, *, normalize, dtype, remat, precision):
     """What the metric compares, of a batch: LPIPS's unit-normalised taps, DISTS' stages."""
-    if isinstance(params, DISTSParams):
-        return _dists.features(params, xb, normalize, dtype, remat, precision)
-    return _taps(_trunk_fn(params, dtype, remat, precision), params.version, xb, normalize)
+    return params.features(xb, normalize, dtype, remat, precision)
 
 
 def _one_program(core):
@@ -232,11 +257,9 @@ def _zero_identical(values, xb, yb):
     return tuple(jnp.where(same.reshape(-1, *(1,) * (v.ndim - 1)), jnp.zeros_like(v), v) for v in values)
 
 
-def _maps(trunk, params, xb, yb, normalize):
-    """Per-tap ``(N, h, w)`` maps of a batched LPIPS pair: the one path of every entry point."""
-    fx = _taps(trunk, params.version, xb, normalize)
-    fy = _taps(trunk, params.version, yb, normalize)
-    return _zero_identical(_head_maps(params, fx, fy), xb, yb)
+def _pair_features(params, xb, yb, normalize, dtype, remat, precision):
+    """The features of both sides of a batched pair (a batch of 1 computed once)."""
+    return tuple(params.features(b, normalize, dtype, remat, precision) for b in (xb, yb))
 
 
 def _layer_means(maps) -> list[jax.Array]:
@@ -252,18 +275,15 @@ def _unbatch(a, unbatched):
 
 
 def _layers_core(params, xb, yb, *, normalize, dtype, remat, precision):
-    """Per-layer ``(N,)`` distances of a batched pair."""
-    if isinstance(params, DISTSParams):
-        fx = _dists.features(params, xb, normalize, dtype, remat, precision)
-        fy = _dists.features(params, yb, normalize, dtype, remat, precision)
-        return _zero_identical(_dists.stage_terms(params, fx, fy), xb, yb)
-    maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
-    return tuple(_layer_means(maps))
+    """Per-layer ``(N,)`` distances of a batched pair: the one path of every entry point."""
+    fx, fy = _pair_features(params, xb, yb, normalize, dtype, remat, precision)
+    return _zero_identical(params.layer_terms(fx, fy), xb, yb)
 
 
 def _map_core(params, xb, yb, *, normalize, dtype, remat, precision):
-    """The ``(N, H, W)`` spatial map of a batched LPIPS pair."""
-    maps = _maps(_trunk_fn(params, dtype, remat, precision), params, xb, yb, normalize)
+    """The ``(N, H, W)`` spatial map of a batched pair."""
+    fx, fy = _pair_features(params, xb, yb, normalize, dtype, remat, precision)
+    maps = _zero_identical(params.spatial_terms(fx, fy), xb, yb)
     ups = [_upsample(m, xb.shape[1:3]) for m in maps]
     return sum(ups[1:], ups[0])
 
@@ -331,12 +351,10 @@ def distance_from_features(params: Params, fx: tuple[jax.Array, ...], fy: tuple[
     (batch 1) can be compared with many candidates.
     """
     params = _validate_params(params)
-    n = len(_dists.CHANNELS) if isinstance(params, DISTSParams) else len(_nets.tap_channels(params.trunk_net))
+    n = len(params.feature_channels)
     if len(fx) != n or len(fy) != n:
         raise ValueError(f"expected {n} feature taps for net {params.net!r}: got {len(fx)} and {len(fy)}")
-    if isinstance(params, DISTSParams):
-        return _total(_dists.stage_terms(params, fx, fy))
-    return _total(_layer_means(_head_maps(params, fx, fy)))
+    return _total(params.layer_terms(fx, fy))
 
 
 def _upsample(m: jax.Array, hw: tuple[int, int]) -> jax.Array:
@@ -361,67 +379,98 @@ def distance_map(
     the taps are summed. Not defined for DISTS (``ValueError``).
     """
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-    if isinstance(params, DISTSParams):
-        raise ValueError("distance_map is not defined for DISTS (its terms are global statistics per stage)")
     m = _map_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return _unbatch(m, unbatched)
 
 
-class _Lin(nn.Module):
-    """One LPIPS head: a 1x1 conv to one channel, no bias (``lin{k}.model.1``)."""
+def _init_lpips(rng: jax.Array, net: str, version: str | None, lpips: bool, variant: str) -> LPIPSParams:
+    """Fresh LPIPS params: the trunk's Flax init, heads at ``1 / C`` (a channel mean)."""
+    _checks.check_net(net)
+    version = _checks.check_version(version or "0.1")
+    _checks.check_lpips(lpips)
+    trunk_net = _nets.trunk_name(net, _checks.check_variant(variant, net))
+    m = _nets.min_size(trunk_net)
+    trunk = _nets.Trunk(net=trunk_net).init(rng, jnp.zeros((1, m, m, 3), jnp.float32))["params"]
+    heads = {
+        f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1 / c, jnp.float32)}
+        for k, c in enumerate(_nets.tap_channels(trunk_net))
+    }
+    return LPIPSParams(
+        trunk=trunk, heads=heads if lpips else None, net=net, version=version, lpips=lpips, variant=variant
+    )
 
-    channels: int
 
-    @nn.compact
-    def __call__(self) -> jax.Array:
-        init = nn.initializers.constant(1.0 / self.channels)
-        return self.param("kernel", init, (1, 1, self.channels, 1))
+def _init_dists(rng: jax.Array, net: str, version: str | None, lpips: bool, variant: str) -> DISTSParams:
+    if version is not None or lpips is not True or variant != "vanilla":
+        raise ValueError(
+            f"net='dists' takes no version, lpips or variant: got version={version!r}, "
+            f"lpips={lpips!r}, variant={variant!r}"
+        )
+    return _dists.init(rng)
 
 
-class _Heads(nn.Module):
-    channels: tuple[int, ...]
+# The metric family by ``net``: each entry makes fresh params of that metric (the linen
+# module's init; the params class implements METRIC_METHODS). LPIPS serves every other net.
+FAMILY = {"dists": _init_dists}
 
-    @nn.compact
-    def __call__(self) -> dict:
-        return {f"lin{k}": {"kernel": _Lin(c, name=f"lin{k}")()} for k, c in enumerate(self.channels)}
+
+def _initializer(net, version, lpips, variant):
+    init = FAMILY.get(net, _init_lpips)
+    return functools.partial(init, net=net, version=version, lpips=lpips, variant=variant)
 
 
 class LPIPS(nn.Module):
-    """LPIPS as a Flax linen module, for embedding in a larger module tree.
+    """Any metric of the family as a Flax linen module, for embedding in a module tree.
 
-    ``LPIPS(net="alex")(x, y)`` returns ``(N,)`` or ``()`` distances. Its params are
-    ``{"trunk": ..., "heads": {"lin0": (1, 1, C, 1), ...}}``; ``LPIPSParams.variables()``
-    gives exactly that collection, and :func:`to_params` goes the other way. The forward
-    is the same code as :func:`distance`.
+    ``LPIPS(net="alex")(x, y)`` returns ``(N,)`` or ``()`` distances; ``net``,
+    ``version``, ``lpips`` and ``variant`` are those of :func:`lpips_jax.load`
+    (``LPIPS(net="dists")``, ``LPIPS(net="vgg", variant="shift_tolerant")``). Its params are
+    the params pytree's array fields (LPIPS: ``{"trunk": ..., "heads": {"lin0": (1, 1, C,
+    1), ...}}``; DISTS: ``trunk``, ``alpha``, ``beta``); ``params.variables()`` gives
+    exactly that collection, and :func:`to_params` goes the other way. The forward is
+    :func:`distance`.
     """
 
     net: str = "alex"
-    version: str = "0.1"
+    version: str | None = None
     lpips: bool = True
+    variant: str = "vanilla"
     dtype: Any = None
     remat: bool = False
     precision: Any = None
 
     @nn.compact
     def __call__(self, x: Any, y: Any, *, normalize: bool = False) -> jax.Array:
-        _checks.check_net(self.net)
-        _checks.check_version(self.version)
-        heads = None
-        if self.lpips:
-            heads = _Heads(_nets.tap_channels(self.net), name="heads")()
-        # Build an LPIPSParams view with the trunk bound, then share the function path.
-        params = LPIPSParams(trunk=None, heads=heads, net=self.net, version=self.version, lpips=self.lpips)
-        params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-        trunk = _nets.Trunk(
-            net=self.net, dtype=_nets.compute_dtype(self.dtype, _checks.widen(xb), None), remat=self.remat,
-            precision=self.precision, name="trunk",
-        )  # fmt: skip
-        maps = _maps(trunk, params, xb, yb, normalize)
-        return _unbatch(_total(_layer_means(maps)), unbatched)
+        init = _initializer(self.net, self.version, self.lpips, self.variant)
+        template = jax.eval_shape(init, jax.random.PRNGKey(0))  # the fields and static data
+        arrays = {
+            name: self.param(name, lambda rng, name=name: getattr(init(rng), name))
+            for name in _array_fields(template)
+        }
+        params = dataclasses.replace(template, **arrays)
+        options = dict(dtype=self.dtype, remat=self.remat, precision=self.precision)
+        return distance(params, x, y, normalize=normalize, **options)
 
 
-def to_params(variables: dict, *, net: str, version: str = "0.1", lpips: bool = True) -> LPIPSParams:
-    """:class:`LPIPSParams` from an :class:`LPIPS` module's variables."""
+def _array_fields(params) -> list[str]:
+    """The names of ``params``' pytree fields that hold arrays (not ``None``)."""
+    return [
+        f.name
+        for f in dataclasses.fields(params)
+        if f.metadata.get("pytree_node", True) and getattr(params, f.name) is not None
+    ]
+
+
+def variables(params) -> dict:
+    """The ``{"params": ...}`` collection of :class:`LPIPS` holding ``params``' arrays."""
+    return {"params": {name: getattr(params, name) for name in _array_fields(params)}}
+
+
+def to_params(
+    variables: dict, *, net: str, version: str | None = None, lpips: bool = True, variant: str = "vanilla"
+) -> Params:
+    """The params of an :class:`LPIPS` module's variables (the module's ``net``, ``version``,
+    ``lpips`` and ``variant``)."""
     p = variables.get("params", variables)
-    heads = p["heads"] if lpips else None
-    return LPIPSParams(trunk=p["trunk"], heads=heads, net=net, version=version, lpips=lpips)
+    template = jax.eval_shape(_initializer(net, version, lpips, variant), jax.random.PRNGKey(0))
+    return dataclasses.replace(template, **{name: p[name] for name in _array_fields(template)}).validate()

@@ -248,3 +248,23 @@ def test_params_pytree(alex_params):
     # the static fields are part of the tree's structure (a change retraces, as it must)
     other = dataclasses.replace(alex_params, version="0.0")
     assert jax.tree_util.tree_structure(other) != jax.tree_util.tree_structure(alex_params)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"net": "dists"}, {"net": "alex", "variant": "shift_tolerant"}], ids=["dists", "alex_st"]
+)
+def test_linen_module_covers_the_family(kwargs):
+    """``LPIPS(net=..., variant=...)`` is every metric of the family: applied to loaded
+    params' ``variables()`` it equals :func:`distance`; its init has the loaded shapes,
+    and ``to_params`` goes back."""
+    params = lpips_jax.load(**kwargs)
+    x, y = _pair(2, seed=5)
+    module = lpips_jax.LPIPS(**kwargs)
+    got = jax.jit(module.apply)(params.variables(), x, y)
+    np.testing.assert_allclose(got, lpips_jax.distance(params, x, y), rtol=ENTRY_RTOL, atol=1e-7)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x, y)
+    same = jax.tree_util.tree_map(lambda a, b: a.shape == b.shape, shapes, params.variables())
+    assert all(jax.tree_util.tree_leaves(same))
+    back = lpips_jax.to_params(params.variables(), **kwargs)
+    assert type(back) is type(params) and back.net == params.net and back.variant == params.variant
+    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)))
