@@ -101,6 +101,15 @@ def _timeit(fn, min_time, repeats):
     return statistics.median(times)
 
 
+def _commands():
+    """A worker's configurations: one JSON object a line on stdin, until ``{"op": "quit"}``."""
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd.get("op") == "quit":
+            return
+        yield cmd
+
+
 def _worker_ours(device):
     import jax
     import jax.numpy as jnp
@@ -115,10 +124,7 @@ def _worker_ours(device):
             params_cache[net] = bench_params(net)
         return params_cache[net]
 
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd.get("op") == "quit":
-            break
+    for cmd in _commands():
         net, size, batch, mode = cmd["net"], cmd["size"], cmd["batch"], cmd["mode"]
         p = params_for(net)
         dtype = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[
@@ -191,10 +197,7 @@ def _worker_official(device):
             models[net] = m.to(dev).eval()
         return models[net]
 
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd.get("op") == "quit":
-            break
+    for cmd in _commands():
         net, size, batch, mode = cmd["net"], cmd["size"], cmd["batch"], cmd["mode"]
         m = model_for(net)
         rng = np.random.default_rng(0)

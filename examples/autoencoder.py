@@ -15,7 +15,9 @@ Needs ``optax`` and ``scikit-image`` (``pip install -e ".[test]"`` in a checkout
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -80,7 +82,25 @@ def make_train_step(model: AutoEncoder, tx: optax.GradientTransformation, lpips_
     return train_step, evaluate
 
 
-def main(
+def linen_setup(*, lpips_weight: float, learning_rate: float, seed: int) -> tuple:
+    """The linen autoencoder for :func:`train`: its state ``(ae_params, opt_state)``, a step
+    ``(state, batch) -> state`` and the held-out losses ``(state, batch) -> (l1, lpips)``."""
+    lp = lpips_jax.load("alex")
+    model = AutoEncoder()
+    sample = np.zeros((1, SIZE, SIZE, 3), np.float32)  # init needs the input shape only
+    ae_params = jax.jit(model.init)(jax.random.key(seed), sample)  # one compile, not one per op
+    tx = optax.adam(learning_rate)
+    train_step, evaluate = make_train_step(model, tx, lpips_weight)
+
+    def step(state, batch):
+        ae_params, opt_state, _, _ = train_step(*state, lp, batch)
+        return ae_params, opt_state
+
+    return (ae_params, tx.init(ae_params)), step, lambda state, batch: evaluate(state[0], lp, batch)
+
+
+def train(
+    setup: Callable[..., tuple],
     steps: int = 300,
     *,
     batch_size: int = 16,
@@ -90,35 +110,37 @@ def main(
     seed: int = 0,
     verbose: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train and return the log: ``[{"step", "l1", "lpips"}, ...]`` on a held-out batch,
-    at step 0, every ``log_every`` steps and at the end."""
+    """Train the autoencoder ``setup`` builds and return the log: ``[{"step", "l1", "lpips"},
+    ...]`` on a held-out batch, at step 0, every ``log_every`` steps and at the end.
+
+    ``setup(lpips_weight=, learning_rate=, seed=)`` returns ``(state, step, evaluate)``:
+    ``step(state, batch) -> state``, ``evaluate(state, batch) -> (l1, lpips)``. This file's
+    :func:`linen_setup` is the linen one; examples/autoencoder_nnx.py has an NNX one."""
     rng = np.random.default_rng(seed)
-    lp = lpips_jax.load("alex")
-    model = AutoEncoder()
     held_out = photo_crops(64, np.random.default_rng(seed + 1))
-    ae_params = jax.jit(model.init)(jax.random.key(seed), held_out[:1])  # one compile, not one per op
-    tx = optax.adam(learning_rate)
-    opt_state = tx.init(ae_params)
-    train_step, evaluate = make_train_step(model, tx, lpips_weight)
+    state, step_fn, evaluate = setup(lpips_weight=lpips_weight, learning_rate=learning_rate, seed=seed)
 
     log = []
 
-    def record(step: int) -> None:
-        l1, perceptual = evaluate(ae_params, lp, held_out)
+    def record(step: int, state) -> None:
+        l1, perceptual = evaluate(state, held_out)
         log.append({"step": step, "l1": float(l1), "lpips": float(perceptual)})
         if verbose:
             print(f"step {step:5d}   L1 {float(l1):.4f}   LPIPS {float(perceptual):.4f}", flush=True)
 
     t0 = time.perf_counter()
-    record(0)
+    record(0, state)
     for step in range(1, steps + 1):
-        batch = photo_crops(batch_size, rng)
-        ae_params, opt_state, _, _ = train_step(ae_params, opt_state, lp, batch)
+        state = step_fn(state, photo_crops(batch_size, rng))
         if step % log_every == 0 or step == steps:
-            record(step)
+            record(step, state)
     if verbose:
         print(f"{steps} steps in {time.perf_counter() - t0:.0f} s (compile included)")
     return log
+
+
+# main(steps=300, *, batch_size=16, ...): train the linen autoencoder, return the log.
+main = functools.partial(train, linen_setup)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train a small Flax NNX autoencoder with an L1 + LPIPS loss (optax Adam), on the CPU.
 
 The NNX version of ``examples/autoencoder.py``: the same model, loss and flags, and its
-data (``photo_crops``, imported from it).
+data and training loop (``train``, imported from it).
 The LPIPS term (AlexNet, v0.1) is ``lpips_jax.nnx.LPIPS``, an NNX module whose weights
 are ``LPIPSWeights`` variables, not ``nnx.Param``: ``nnx.grad`` and
 ``nnx.Optimizer(..., wrt=nnx.Param)`` leave them frozen, and only the autoencoder
@@ -17,15 +17,14 @@ Needs ``optax`` and ``scikit-image`` (``pip install -e ".[test]"`` in a checkout
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from autoencoder import photo_crops  # the linen example, beside this file
+from autoencoder import train  # the linen example, beside this file
 from flax import nnx
 
 import lpips_jax
@@ -77,42 +76,23 @@ def make_train_step(lpips_weight: float):
     return train_step, evaluate
 
 
-def main(
-    steps: int = 300,
-    *,
-    batch_size: int = 16,
-    lpips_weight: float = 1.0,
-    learning_rate: float = 2e-3,
-    log_every: int = 25,
-    seed: int = 0,
-    verbose: bool = True,
-) -> list[dict[str, Any]]:
-    """Train and return the log: ``[{"step", "l1", "lpips"}, ...]`` on a held-out batch,
-    at step 0, every ``log_every`` steps and at the end."""
-    rng = np.random.default_rng(seed)
+def nnx_setup(*, lpips_weight: float, learning_rate: float, seed: int) -> tuple:
+    """The NNX autoencoder for ``autoencoder.train``: its state (the model, updated in place
+    with the optimizer), a step ``(model, batch) -> model`` and the held-out losses."""
     lp = lpips_jax.nnx.LPIPS("alex")
     model = nnx.jit(lambda: AutoEncoder(rngs=nnx.Rngs(seed)))()  # one compile, not one per op
-    held_out = photo_crops(64, np.random.default_rng(seed + 1))
     optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
     train_step, evaluate = make_train_step(lpips_weight)
 
-    log = []
+    def step(model, batch):
+        train_step(model, optimizer, lp, batch)
+        return model
 
-    def record(step: int) -> None:
-        l1, perceptual = evaluate(model, lp, held_out)
-        log.append({"step": step, "l1": float(l1), "lpips": float(perceptual)})
-        if verbose:
-            print(f"step {step:5d}   L1 {float(l1):.4f}   LPIPS {float(perceptual):.4f}", flush=True)
+    return model, step, lambda model, batch: evaluate(model, lp, batch)
 
-    t0 = time.perf_counter()
-    record(0)
-    for step in range(1, steps + 1):
-        train_step(model, optimizer, lp, photo_crops(batch_size, rng))
-        if step % log_every == 0 or step == steps:
-            record(step)
-    if verbose:
-        print(f"{steps} steps in {time.perf_counter() - t0:.0f} s (compile included)")
-    return log
+
+# main(steps=300, *, batch_size=16, ...): the linen example's loop and flags, this model.
+main = functools.partial(train, nnx_setup)
 
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:

@@ -89,17 +89,22 @@ def tv(tmp_path_factory):
     return out
 
 
-def test_round_trip_cli_subprocess(tv, tmp_path):
-    """``python -m convert`` from the repo root, as the README runs it."""
-    pth, sd = tv["alex"]
-    out = tmp_path / "alex.safetensors"
-    r = subprocess.run(
+def _convert_subprocess(pth, out) -> subprocess.CompletedProcess:
+    """``python -m convert --net alex`` from the repo root, as the README runs it."""
+    return subprocess.run(
         [sys.executable, "-m", "convert", "--net", "alex", "--trunk", str(pth), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_round_trip_cli_subprocess(tv, tmp_path):
+    """``python -m convert`` from the repo root, as the README runs it."""
+    pth, sd = tv["alex"]
+    out = tmp_path / "alex.safetensors"
+    r = _convert_subprocess(pth, out)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout
     _assert_exact(load_file(str(out)), _expected_trunk(sd))
@@ -181,13 +186,7 @@ def test_bad_state_dict_subprocess_exit_code(tv, tmp_path):
     pth = tmp_path / "bad.pth"
     torch.save(sd, pth)
     out = tmp_path / "out.safetensors"
-    r = subprocess.run(
-        [sys.executable, "-m", "convert", "--net", "alex", "--trunk", str(pth), "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = _convert_subprocess(pth, out)
     assert r.returncode == 1
     assert "features.3.weight" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and not list(tmp_path.glob("*.partial"))

@@ -45,16 +45,40 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wheel")
+def _pip(command: str, *args) -> None:
+    """``pip COMMAND --no-deps -q ARGS...``; a failure raises (output captured)."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(d), str(REPO)],
+        [sys.executable, "-m", "pip", command, "--no-deps", "-q", *map(str, args)],
         check=True,
         capture_output=True,
         timeout=300,
     )
+
+
+def _run_installed(program: str, site, cwd) -> dict:
+    """The JSON that ``program`` prints last, run in a fresh interpreter that imports from
+    ``site`` (working directory ``cwd``, no ``LPIPS_JAX_WEIGHTS``)."""
+    env = {k: v for k, v in os.environ.items() if k != "LPIPS_JAX_WEIGHTS"}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run(
+        [sys.executable, "-c", program], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _reference(params) -> float:
+    """PROGRAM's distance, computed by the repository's package with ``params``."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (64, 64, 3)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
+    return float(lpips_jax.distance(params, x, y))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    d = tmp_path_factory.mktemp("wheel")
+    _pip("wheel", "--no-build-isolation", "-w", d, REPO)
     (whl,) = d.glob("lpips_jax_metrics-*.whl")  # distribution lpips-jax-metrics
     return whl
 
@@ -79,33 +103,12 @@ def test_wheel_contents(wheel):
 
 def test_installed_wheel_loads_offline(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q"]
-        + ["--target", str(site), str(wheel)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    env = {k: v for k, v in os.environ.items() if k != "LPIPS_JAX_WEIGHTS"}
-    env["PYTHONPATH"] = str(site)
-    r = subprocess.run(
-        [sys.executable, "-c", PROGRAM],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    _pip("install", "--no-index", "--target", site, wheel)
+    out = _run_installed(PROGRAM, site, tmp_path)
     assert out["file"].startswith(str(site)) and "site" in out["file"]
     assert out["weights_dir"] == str(site / "lpips_jax" / "weights")
     # the same value as the repository's package computes (same weights, same code)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (64, 64, 3)).astype(np.float32)
-    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
-    ref = float(lpips_jax.distance(lpips_jax.load("alex"), x, y))
-    np.testing.assert_allclose(out["d"], ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(out["d"], _reference(lpips_jax.load("alex")), rtol=1e-6, atol=0)
     assert 0.01 < out["d"] < 2
 
 
@@ -114,34 +117,15 @@ def test_st_weights_wheel_installs_beside_the_package(wheel, tmp_path):
     the main wheel (outside the repository), load(..., variant="shift_tolerant") finds
     them there and gives the repository's value."""
     d = tmp_path / "st"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(d), str(REPO / "weights_st")],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _pip("wheel", "--no-build-isolation", "-w", d, REPO / "weights_st")
     (st,) = d.glob("lpips_jax_metrics_st_weights-*.whl")
     assert st.stat().st_size < LIMIT
     with zipfile.ZipFile(st) as z:
         for name in OPTIONAL:
             assert hashlib.sha256(z.read(f"{OPTIONAL_PACKAGE}/{name}")).hexdigest() == SHIPPED[name]
     site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(site)]
-        + [str(wheel), str(st)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _pip("install", "--no-index", "--target", site, wheel, st)
     program = PROGRAM.replace('lpips_jax.load("alex")', 'lpips_jax.load("alex", variant="shift_tolerant")')
-    env = {k: v for k, v in os.environ.items() if k != "LPIPS_JAX_WEIGHTS"}
-    env["PYTHONPATH"] = str(site)
-    r = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (64, 64, 3)).astype(np.float32)
-    y = np.clip(x + rng.normal(0, 0.3, x.shape), -1, 1).astype(np.float32)
-    ref = float(lpips_jax.distance(lpips_jax.load("alex", variant="shift_tolerant"), x, y))
+    out = _run_installed(program, site, tmp_path)
+    ref = _reference(lpips_jax.load("alex", variant="shift_tolerant"))
     np.testing.assert_allclose(out["d"], ref, rtol=1e-6, atol=0)

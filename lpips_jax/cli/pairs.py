@@ -77,20 +77,23 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     p.set_defaults(func=cmd_map)
 
 
-def _read_pair_or_exit(args: argparse.Namespace, net: str) -> tuple:
+def _params_and_pair(args: argparse.Namespace) -> tuple:
+    """``(params, x, y)``: the model (else exit 2) and images A and B (else exit 1); a
+    dropped alpha channel is noted on stderr."""
+    params = load_params(args)
     try:
-        return read_pair(args.a, args.b, resize=args.resize, net=net)
+        x, y, infos = read_pair(args.a, args.b, resize=args.resize, net=params.trunk_net)
     except (lio.ImageError, PairFailure) as e:
         raise InputError(str(e)) from e
+    notes = Notes()
+    notes.add(infos)
+    notes.report()
+    return params, x, y
 
 
 def cmd_dist(args: argparse.Namespace) -> int:
     """``dist A B``: print the distance (the last line of stdout), or a JSON object."""
-    params = load_params(args)
-    x, y, infos = _read_pair_or_exit(args, params.trunk_net)
-    notes = Notes()
-    notes.add(infos)
-    notes.report()
+    params, x, y = _params_and_pair(args)
     d = float(np.asarray(distance_jit(params, x[None], y[None]))[0])
     if args.json:
         out = {"a": args.a, "b": args.b, "net": params.net, "version": params.version}
@@ -110,11 +113,7 @@ def cmd_map(args: argparse.Namespace) -> int:
         raise UsageError("map: DISTS defines no spatial map (its terms are statistics of whole images)")
     check_output(args.output, "-o")
     check_output(args.npy, "--npy")
-    params = load_params(args)
-    x, y, infos = _read_pair_or_exit(args, params.trunk_net)
-    notes = Notes()
-    notes.add(infos)
-    notes.report()
+    params, x, y = _params_and_pair(args)
     dmap = np.asarray(map_jit(params, x[None], y[None]))[0]
     mean = fmt(float(dmap.mean()))
     # Everything is computed before the first file is written.
