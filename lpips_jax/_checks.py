@@ -131,7 +131,8 @@ def check_range(name: str, a: Any, normalize: bool) -> None:
     if np.size(a) == 0:
         return
     if isinstance(a, jax.Array):  # reduced where it lives: two scalars reach the host, not the image
-        lo, hi = (float(v) for v in jax.device_get(_extrema(a)))
+        with jax.ensure_compile_time_eval():  # also for a concrete array closed over in a jit
+            lo, hi = (float(v) for v in jax.device_get(_extrema(a)))
     else:
         arr = np.asarray(a)
         lo, hi = float(arr.min()), float(arr.max())

@@ -314,3 +314,15 @@ def test_range_skipped_under_jit(alex_params):
     # the static checks still run under jit: the same call with ints fails
     with pytest.raises(TypeError, match=r"x has dtype uint8"):
         jax.jit(lpips_jax.distance)(alex_params, x.astype(np.uint8), y)
+
+
+def test_range_check_of_a_device_array_closed_over_in_jit(alex_params):
+    """A concrete device array closed over by a jitted (and differentiated) function is
+    checked as an eager one: valid values pass, 0..255 values raise at trace time."""
+    x = jnp.asarray(_img((1, 32, 32, 3)))
+    y = jnp.asarray(_img((1, 32, 32, 3), seed=1))
+    g = jax.jit(jax.grad(lambda a: lpips_jax.distance(alex_params, a, y).sum()))(x)
+    assert g.shape == x.shape and bool(jnp.all(jnp.isfinite(g)))
+    y255 = y * 255
+    with pytest.raises(ValueError, match="looks like 0..255"):
+        jax.jit(lambda a: lpips_jax.distance(alex_params, a, y255))(x)
