@@ -309,6 +309,11 @@ def layer_distances(
     relu1_2 .. relu5_3), the stage's share ``w_k - sum_c (alpha S1 + beta S2)`` with ``w_k``
     its share of the normalised weights.
     """
+    if getattr(params, "random", False):
+        raise ValueError(
+            f"layer_distances is not provided for {params.net!r}, a random ensemble: use "
+            "distance(params, x, y, key=..., samples=...)"
+        )
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
     per = _layers_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return tuple(_unbatch(d, unbatched) for d in per)
@@ -323,6 +328,8 @@ def distance(
     dtype: Any = None,
     remat: bool = False,
     precision: Any = None,
+    key: Any = None,
+    samples: int = 1,
 ) -> jax.Array:
     """The distance between ``x`` and ``y`` (LPIPS, ST-LPIPS or DISTS, as ``params`` says).
 
@@ -336,12 +343,22 @@ def distance(
         float32.
       remat: recompute trunk activations in the backward pass (less memory).
       precision: ``jax.lax.Precision`` for the convolutions (e.g. ``"highest"`` on GPU).
+      key: a ``jax.random`` key: required by a random metric (E-LPIPS: one draw of its
+        input transformations and dropout per key), refused by the others.
+      samples: a random metric's number of draws (their mean); 1 for the others.
 
     Returns:
       ``(N,)`` float32 distances, or ``()`` for unbatched input.
     """
-    per = layer_distances(params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
-    return _total(per)
+    options = dict(normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+    if getattr(params, "random", False):
+        return params.sampled_distance(x, y, key=key, samples=samples, **options)
+    if key is not None or not (isinstance(samples, int) and samples == 1):
+        raise ValueError(
+            f"net {getattr(params, 'net', params)!r} is deterministic: it takes no key and samples=1 "
+            f"(got key={'given' if key is not None else None}, samples={samples!r}); they are for E-LPIPS"
+        )
+    return _total(layer_distances(params, x, y, **options))
 
 
 def distance_from_features(params: Params, fx: tuple[jax.Array, ...], fy: tuple[jax.Array, ...]) -> jax.Array:
@@ -376,9 +393,10 @@ def distance_map(
     """Spatial LPIPS map (official ``spatial=True``): ``(N, H, W)`` or ``(H, W)``.
 
     Each tap's map is upsampled bilinearly (align_corners=False) to the input size and
-    the taps are summed. Not defined for DISTS (``ValueError``).
+    the taps are summed. Not defined for DISTS or E-LPIPS (``ValueError`` saying why).
     """
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    params.spatial_terms((), ())  # no features, no maps; raises for a metric without maps, saying why
     m = _map_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return _unbatch(m, unbatched)
 
@@ -409,9 +427,16 @@ def _init_dists(rng: jax.Array, net: str, version: str | None, lpips: bool, vari
     return _dists.init(rng)
 
 
+def _init_elpips(rng, net, version, lpips, variant):
+    raise ValueError(
+        "the linen LPIPS module takes the deterministic metrics; E-LPIPS is random: call "
+        "lpips_jax.distance(lpips_jax.load('elpips'), x, y, key=key) in your module"
+    )
+
+
 # The metric family by ``net``: each entry makes fresh params of that metric (the linen
 # module's init; the params class implements METRIC_METHODS). LPIPS serves every other net.
-FAMILY = {"dists": _init_dists}
+FAMILY = {"dists": _init_dists, "elpips": _init_elpips}
 
 
 def _initializer(net, version, lpips, variant):

@@ -1,5 +1,6 @@
 """The trunks: torchvision's AlexNet, VGG16 and SqueezeNet-1.1 ``features`` (LPIPS), VGG16
-with L2 pooling (DISTS) and the shift-tolerant AlexNet and VGG16 (ST-LPIPS).
+with L2 pooling (DISTS), the shift-tolerant AlexNet and VGG16 (ST-LPIPS) and VGG16 with
+average pooling and 14 taps (E-LPIPS).
 
 Each trunk is a Flax linen module taking ``(N, H, W, 3)`` images (already scaled) and
 returning a tuple of taps, one ``(N, h_k, w_k, C_k)`` array per metric layer.
@@ -18,6 +19,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from lpips_jax import _ops
 from lpips_jax._ops import pool_output_size
@@ -56,6 +59,14 @@ class Pool:
     kernel: int
     stride: int
     ceil: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AvgPool:
+    """An average pool, no padding, floor mode (E-LPIPS' VGG16: 2x2, stride 2)."""
+
+    kernel: int = 2
+    stride: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +144,20 @@ VGG_ST_LAYERS = (
     *_convs(28, [512, 512, 512]), TAP,
 )  # fmt: skip
 
+# E-LPIPS (Kettunen et al. 2019): VGG16 with its max-pools replaced by 2x2 average pools;
+# 14 taps, the (scaled) input itself and every conv's ReLU. Same conv indices and params.
+VGG_AVG_LAYERS = (
+    TAP,
+    Conv(0, 64, 3, 1, 1), TAP, Conv(2, 64, 3, 1, 1), TAP, AvgPool(),
+    Conv(5, 128, 3, 1, 1), TAP, Conv(7, 128, 3, 1, 1), TAP, AvgPool(),
+    Conv(10, 256, 3, 1, 1), TAP, Conv(12, 256, 3, 1, 1), TAP, Conv(14, 256, 3, 1, 1), TAP, AvgPool(),
+    Conv(17, 512, 3, 1, 1), TAP, Conv(19, 512, 3, 1, 1), TAP, Conv(21, 512, 3, 1, 1), TAP, AvgPool(),
+    Conv(24, 512, 3, 1, 1), TAP, Conv(26, 512, 3, 1, 1), TAP, Conv(28, 512, 3, 1, 1), TAP,
+)  # fmt: skip
+
 LAYERS = {
     "alex": ALEX_LAYERS, "vgg": VGG_LAYERS, "squeeze": SQUEEZE_LAYERS, "dists": DISTS_LAYERS,
-    "alex_st": ALEX_ST_LAYERS, "vgg_st": VGG_ST_LAYERS,
+    "alex_st": ALEX_ST_LAYERS, "vgg_st": VGG_ST_LAYERS, "vgg_avg": VGG_AVG_LAYERS,
 }  # fmt: skip
 
 
@@ -174,6 +196,8 @@ def tap_sizes(net: str, size: int) -> tuple[int, ...]:
             n = pool_output_size(n, layer.kernel, layer.stride, layer.ceil) if n >= 1 else 0
         elif isinstance(layer, L2Pool):
             n = (n - 1) // 2 + 1 if n >= 1 else 0
+        elif isinstance(layer, AvgPool):
+            n = (n - layer.kernel) // layer.stride + 1 if n >= layer.kernel else 0
         elif isinstance(layer, Blur):  # reflection needs more pixels than its padding
             n = (n + 2 * layer.pad - 3) // 2 + 1 if n > layer.pad else 0
         elif isinstance(layer, Tap):
@@ -226,6 +250,32 @@ class _FireModule(nn.Module):
         e1 = nn.relu(conv(self.expand, 1, 0, "expand1x1")(s))
         e3 = nn.relu(conv(self.expand, 3, 1, "expand3x3")(s))
         return jnp.concatenate([e1, e3], axis=-1)
+
+
+def avg_pool(x: jax.Array, kernel: int, stride: int) -> jax.Array:
+    """NHWC average pool, no padding, floor mode (TensorFlow's ``avg_pool`` ``VALID``)."""
+    lead = (1,) * (x.ndim - 3)
+    window, strides = (*lead, kernel, kernel, 1), (*lead, stride, stride, 1)
+    # a concrete zero init makes this reduce_window_sum, which has a transpose (grad) rule
+    total = lax.reduce_window(x, np.zeros((), x.dtype), lax.add, window, strides, "VALID")
+    return total / jnp.asarray(kernel * kernel, x.dtype)
+
+
+def conv_input_shapes(net: str, h: int, w: int) -> dict[int, tuple[int, int, int]]:
+    """``{index: (h, w, C_in)}`` of each conv's input for an ``h x w`` input (``net``'s
+    table; convs and pools only): the shapes of E-LPIPS' dropout masks."""
+    out, channels = {}, 3
+    for layer in LAYERS[net]:
+        if isinstance(layer, Conv):
+            out[layer.index] = (h, w, channels)
+            h = (h + 2 * layer.padding - layer.kernel) // layer.stride + 1
+            w = (w + 2 * layer.padding - layer.kernel) // layer.stride + 1
+            channels = layer.features
+        elif isinstance(layer, AvgPool):
+            h, w = (h - layer.kernel) // layer.stride + 1, (w - layer.kernel) // layer.stride + 1
+        elif not isinstance(layer, Tap):
+            raise ValueError(f"conv_input_shapes: net {net!r} has a {type(layer).__name__} layer")
+    return out
 
 
 def compute_dtype(dtype: Any, x: jax.Array, trunk_params: Any) -> Any:
@@ -307,6 +357,8 @@ class Trunk(nn.Module):
                 x = self.layers[layer.index](x)
             elif isinstance(layer, L2Pool):
                 x = _ops.l2_pool(x)
+            elif isinstance(layer, AvgPool):
+                x = avg_pool(x, layer.kernel, layer.stride)
             else:
                 x = _ops.max_pool(x, layer.kernel, layer.stride, layer.ceil)
         return x

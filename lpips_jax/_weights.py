@@ -21,7 +21,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from lpips_jax import _checks, _dists, _nets
+from lpips_jax import _checks, _dists, _elpips, _nets
 from lpips_jax._dists import DISTSParams
 from lpips_jax._metric import LPIPSParams
 from lpips_jax._outputs import atomic_path
@@ -204,8 +204,9 @@ def load(
     """Load the params of a metric.
 
     Args:
-      net: ``"alex"`` (default), ``"vgg"`` or ``"squeeze"`` (LPIPS), or ``"dists"``
-        (DISTS). With ``path``, taken from the file (and checked against it when given).
+      net: ``"alex"`` (default), ``"vgg"`` or ``"squeeze"`` (LPIPS), ``"dists"``
+        (DISTS) or ``"elpips"`` (E-LPIPS: random, its distance takes a key). With
+        ``path``, taken from the file (and checked against it when given).
       version: LPIPS ``"0.1"`` (default) or ``"0.0"``: which head weights (and whether the
         scaling layer is applied).
       lpips: ``False`` for the baseline without heads (unweighted feature distance).
@@ -213,8 +214,16 @@ def load(
       path: a safetensors file written by ``convert/`` or by training.
 
     Returns:
-      :class:`LPIPSParams` (or :class:`DISTSParams` for ``"dists"``), float32 jax arrays.
+      :class:`LPIPSParams` (:class:`DISTSParams` for ``"dists"``, ``ELPIPSParams`` for
+      ``"elpips"``), float32 jax arrays.
     """
+    if net == "elpips":
+        if version is not None or lpips is not True or variant != "vanilla" or path is not None:
+            raise ValueError(
+                f"net='elpips' takes no version, lpips, variant or path (its weights ship): got "
+                f"version={version!r}, lpips={lpips!r}, variant={variant!r}, path={path!r}"
+            )
+        return _elpips.load()
     if net == "dists":
         if version is not None or lpips is not True or variant != "vanilla":
             raise ValueError(

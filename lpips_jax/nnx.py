@@ -99,6 +99,11 @@ class LPIPS(nnx.Module):
         params: LPIPSParams | DISTSParams | None = None,
     ):
         params = _resolve_params(net, version, lpips, variant, path, params)
+        if getattr(params, "random", False):
+            raise ValueError(
+                "lpips_jax.nnx.LPIPS takes the deterministic metrics; E-LPIPS is random: call "
+                "lpips_jax.distance(lpips_jax.load('elpips'), x, y, key=key) in your module"
+            )
         self.net = params.net
         self.version = params.version
         self.lpips = params.lpips if isinstance(params, LPIPSParams) else None
@@ -128,9 +133,12 @@ class LPIPS(nnx.Module):
         dtype: Any = None,
         remat: bool = False,
         precision: Any = None,
+        key: Any = None,
+        samples: int = 1,
     ) -> jax.Array:
         """:func:`lpips_jax.distance` of ``x`` and ``y``: ``(N,)`` or ``()`` float32."""
-        return distance(self.params, x, y, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+        options = dict(normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+        return distance(self.params, x, y, **options, key=key, samples=samples)
 
 
 # Compute options of MeanDistance, fixed at construction (update's keywords are data).

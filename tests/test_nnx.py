@@ -127,7 +127,8 @@ def test_call_options_are_those_of_distance(alex_module, monkeypatch):
     assert int(metric.count[...]) == 2
     (p1, *xy1, kw1), (p2, *xy2, kw2) = calls
     assert xy1 == xy2 == ["x", "y"]
-    assert kw1 == options and kw2 == {**options, "remat": False}
+    draws = {"key": None, "samples": 1}  # a deterministic metric's
+    assert kw1 == {**options, **draws} and kw2 == {**options, "remat": False, **draws}
     assert _same_tree(p1, alex_module.params) and _same_tree(p2, alex_module.params)
 
 

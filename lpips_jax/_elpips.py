@@ -1,0 +1,655 @@
+"""E-LPIPS (Kettunen, Härkönen, Lehtinen 2019) as pure functions of ``(params, x, y)`` and
+an explicit ``jax.random`` key.
+
+Contract, as for every metric: images are NHWC ``(N, H, W, 3)`` or ``(H, W, 3)`` float
+arrays in ``[-1, 1]`` (``[0, 1]`` with ``normalize=True``); a batch of 1 broadcasts
+against a batch of N; :func:`distance` returns ``(N,)`` (or ``()``) float32. E-LPIPS is
+random: each draw samples input transformations and dropout from ``key``, and the same
+key gives the same value.
+
+One draw, as the authors' ``elpips.py`` (``sample_ensemble``, ``apply_ensemble``, config
+``elpips_vgg``), on the images in ``[0, 1]``:
+
+- a scale level ``s`` in ``1..L`` with ``P(s) ~ 1 / s^2`` (``L = params.scale_levels``,
+  default 8); for ``s > 1`` the images are reflect-padded to a multiple of ``s`` (the
+  padding split at a random offset ``0..s-1`` per axis, one for the batch) and box-averaged
+  ``s x s``;
+- per image: a reflect pad of 7 on each axis split at a random offset ``0..7``; a flip
+  (none, x, y or both: stratified over the batch); a colour permutation (6, stratified);
+  per-channel colour scales ``0.2 + 0.8 u`` (a Latin hypercube over the batch per
+  channel); one x/y swap (transpose) for the whole draw;
+- ``2 x - 1``, the LPIPS v0.1 scaling layer, VGG16 with average pools and dropout (keep
+  0.99) on every conv's input, one mask for both images; 14 taps (the scaled input and
+  every conv's ReLU), each unit-normalised over channels, squared difference, 1x1 head,
+  spatial mean; the sum over taps.
+
+Keys: a draw uses ``key`` itself; ``samples=n > 1`` draws on ``jax.random.split(key, n)``,
+so ``distance(p, x, y, key=k, samples=n)`` is the mean over ``i`` of
+``distance(p, x, y, key=jax.random.split(k, n)[i])``. Within a draw,
+``jax.random.split(key)`` gives the transformation key and the dropout key.
+
+Static shapes: the image size after downsampling depends on the level, so a draw is a
+``lax.switch`` over the levels (one branch runs; each returns the ``(N,)`` distance), and
+``samples`` draws a ``lax.scan`` over draws whose body is rematerialised: memory does not
+grow with ``samples``, also under ``grad``. Under ``vmap`` over keys the level is batched
+and every branch runs (a select); under ``vmap`` over images it is not.
+
+Image size: at level ``s`` an image of side ``n`` becomes ``(n + 2 s - 2) // s`` pixels and
+must keep 9 (the offset pad of 7, then VGG's four 2x2 pools), so ``min(H, W)`` must be at
+least ``7 L + 2`` (58 for the default 8 levels). The official size rule for the number of
+levels is ``max(1, min(H, W) // 64)`` (``Config.set_scale_levels_by_image_size``); its
+default ``elpips_vgg`` config uses 8 whatever the size, as :func:`load` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax import lax
+
+from lpips_jax import _checks, _nets, _ops
+from lpips_jax._metric import _zero_identical, head_map, normalize_channels, scale_inputs
+
+NET = "vgg_avg"  # the trunk's layer table in _nets
+LEVELS = 8  # elpips_vgg's scale levels
+OFFSET_MAX = 7
+KEEP = 0.99  # dropout keep probability
+HEADS_FILE = "elpips_heads.safetensors"
+TRUNK_FILE = "vgg_trunk.safetensors"
+# itertools.permutations(range(3)), the official table of colour permutations.
+PERMUTATIONS = np.asarray(list(itertools.permutations(range(3))), np.int32)
+N_TAPS = len(_nets.tap_channels(NET))
+CONV_INDICES = tuple(layer.index for layer in _nets.LAYERS[NET] if isinstance(layer, _nets.Conv))
+
+
+@struct.dataclass
+class ELPIPSParams:
+    """Params of E-LPIPS: a pytree whose static fields say which metric it is.
+
+    ``trunk`` is the VGG16 param tree (the LPIPS vgg trunk's names and shapes), ``heads`` a
+    dict ``lin0 .. lin13 -> {"kernel": (1, 1, C_k, 1)}``; ``net`` (``"elpips"``) and
+    ``scale_levels`` (default 8, official ``elpips_vgg``) are static. Another level count:
+    ``params.replace(scale_levels=n)``.
+    """
+
+    trunk: Any
+    heads: Any
+    net: str = struct.field(pytree_node=False, default="elpips")
+    scale_levels: int = struct.field(pytree_node=False, default=LEVELS)
+
+    # The metric interface of lpips_jax._metric (METRIC_METHODS). E-LPIPS is random: its
+    # distance takes a key (``sampled_distance``), and each draw transforms the two images
+    # of a pair together, so nothing is defined of one image or at one place.
+    random = True
+    trunk_net = NET
+    version = None
+    variant = "vanilla"
+
+    @property
+    def feature_channels(self) -> tuple[int, ...]:
+        return _nets.tap_channels(NET)
+
+    def validate(self) -> ELPIPSParams:
+        return validate(self)
+
+    def features(self, *args, **kwargs):
+        raise ValueError(
+            "features is not defined for E-LPIPS: each draw transforms the two images of a "
+            "pair together (one scale, swap, flips, offsets and colours), so the features of "
+            "one image cannot be computed apart and reused"
+        )
+
+    def layer_terms(self, fx, fy):
+        self.features()
+
+    def spatial_terms(self, fx, fy):
+        raise ValueError(
+            "distance_map is not defined for E-LPIPS: its draws rescale, shift, flip and swap "
+            "the images, so the maps of different draws do not align with the input's pixels"
+        )
+
+    def sampled_distance(self, x, y, *, key, samples, **options) -> jax.Array:
+        return distance(self, x, y, key=key, samples=samples, **options)
+
+
+@struct.dataclass
+class Transform:
+    """The transformation of one draw for a batch of N pairs (official ``sample_ensemble``).
+
+    - ``level``: ``()`` int32 in ``1..L``, the scale level (box downsampling factor).
+    - ``scale_offset``: ``(2,)`` int32 (y, x) in ``0..level-1``: the scale padding before.
+    - ``offset``: ``(N, 2)`` int32 (y, x) in ``0..7``: reflect pad ``7 - offset`` before
+      and ``offset`` after, per image.
+    - ``flips``: ``(N,)`` int32: 0 flips x (W), 1 flips y (H), 2 both, 3 none.
+    - ``swap``: ``()`` int32, 1 transposes H and W.
+    - ``perms``: ``(N, 3)`` int32: output channel c is input channel ``perms[i, c]``.
+    - ``colors``: ``(N, 3)`` float32 in ``[0.2, 1]``: channel scales after the permutation.
+    """
+
+    level: Any
+    scale_offset: Any
+    offset: Any
+    flips: Any
+    swap: Any
+    perms: Any
+    colors: Any
+
+
+def min_size(levels: int) -> int:
+    """Smallest ``min(H, W)`` that E-LPIPS with ``levels`` scale levels accepts: ``7 L + 2``."""
+    return 7 * levels + 2
+
+
+def levels_for_size(h: int, w: int) -> int:
+    """The official rule for the number of scale levels: ``max(1, min(h, w) // 64)``."""
+    return max(1, min(h, w) // 64)
+
+
+def scaled_size(n: int, level: int) -> int:
+    """Side ``n`` after the scale step at ``level``: ``(n + 2 level - 2) // level``."""
+    return (n + 2 * level - 2) // level
+
+
+def transformed_size(h: int, w: int, level: int) -> tuple[int, int]:
+    """``(h, w)`` of the network's input at ``level`` before the swap (the offset pad adds 7)."""
+    return scaled_size(h, level) + OFFSET_MAX, scaled_size(w, level) + OFFSET_MAX
+
+
+def load(scale_levels: int = LEVELS) -> ELPIPSParams:
+    """E-LPIPS' params: the shipped VGG16 trunk (``vgg_trunk.safetensors``) and E-LPIPS'
+    own heads (``elpips_heads.safetensors``), sha256-checked, float32."""
+    from lpips_jax import _weights
+
+    flat, _ = _weights._shipped(TRUNK_FILE)
+    trunk = _weights._check_part(flat, NET, "trunk", TRUNK_FILE)
+    hflat, _ = _weights._shipped(HEADS_FILE)
+    heads = _weights._check_part(hflat, NET, "heads", HEADS_FILE)
+    params = ELPIPSParams(
+        trunk=_weights._to_jax(trunk), heads=_weights._to_jax(heads), scale_levels=scale_levels
+    )
+    return validate(params)
+
+
+def validate(params: Any) -> ELPIPSParams:
+    if not isinstance(params, ELPIPSParams):
+        raise TypeError(f"params has type {type(params).__name__}: expected ELPIPSParams")
+    if params.net != "elpips":
+        raise ValueError(f"ELPIPSParams has net={params.net!r}: expected 'elpips'")
+    levels = params.scale_levels
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise ValueError(f"scale_levels={levels!r}: expected an int >= 1 (official elpips_vgg: {LEVELS})")
+    heads = params.heads
+    names = sorted(heads) if isinstance(heads, Mapping) else None
+    expected = sorted(f"lin{k}" for k in range(N_TAPS))
+    if names != expected:
+        raise ValueError(f"ELPIPSParams.heads has {names}: expected a dict of {N_TAPS} heads lin0 .. lin13")
+    for k, c in enumerate(_nets.tap_channels(NET)):
+        shape = tuple(np.shape(heads[f"lin{k}"]["kernel"]))
+        if shape != (1, 1, c, 1):
+            raise ValueError(
+                f"ELPIPSParams.heads['lin{k}']['kernel'] has shape {shape}: expected (1, 1, {c}, 1)"
+            )
+    return params
+
+
+# --- sampling ------------------------------------------------------------------------
+
+
+def _stratified(key: jax.Array, values: np.ndarray, n: int) -> jax.Array:
+    """``values`` (rows) tiled ``ceil(n / len(values))`` times, shuffled, the first ``n``
+    kept: the official flips and colour permutations (each value at most that many times)."""
+    reps = -(-n // len(values))
+    table = jnp.asarray(np.concatenate([values] * reps, axis=0))
+    return jax.random.permutation(key, table, axis=0)[:n]
+
+
+def _latin_hypercube(key: jax.Array, n: int) -> jax.Array:
+    """``(u_i + i) / n`` shuffled: one value in each of the n strata of [0, 1)."""
+    ku, kp = jax.random.split(key)
+    u = jax.random.uniform(ku, (n,), jnp.float32)
+    return jax.random.permutation(kp, (u + jnp.arange(n, dtype=jnp.float32)) / n)
+
+
+def sample_transform(key: jax.Array, n: int, levels: int = LEVELS) -> Transform:
+    """The random transformation of one draw for ``n`` pairs, distributed as the official
+    ``sample_ensemble`` (``elpips_vgg``: offsets 0..7, flips, swap, colour permutations and
+    scales, ``levels`` scale levels with ``P(s) ~ 1 / s^2``). ``levels``, ``n``: static."""
+    ks = jax.random.split(key, 9)
+    offset = jax.random.randint(ks[0], (n, 2), 0, OFFSET_MAX + 1, jnp.int32)
+    cumulative = np.cumsum([1.0 / s**2 for s in range(1, levels + 1)]).astype(np.float32)
+    u = jnp.asarray(cumulative[-1]) * jax.random.uniform(ks[1], (), jnp.float32)
+    level = jnp.searchsorted(jnp.asarray(cumulative[:-1]), u, side="right").astype(jnp.int32) + 1
+    level = jnp.clip(level, 1, levels)
+    scale_offset = jax.random.randint(ks[2], (2,), 0, level, jnp.int32)
+    flips = _stratified(ks[3], np.arange(4, dtype=np.int32), n)
+    swap = jax.random.randint(ks[4], (), 0, 2, jnp.int32)
+    colors = jnp.stack([_latin_hypercube(k, n) for k in ks[5:8]], axis=-1)
+    perms = _stratified(ks[8], PERMUTATIONS, n)
+    return Transform(
+        level=level, scale_offset=scale_offset, offset=offset, flips=flips, swap=swap, perms=perms,
+        colors=0.2 + 0.8 * colors,
+    )  # fmt: skip
+
+
+# --- applying a transformation ---------------------------------------------------------
+
+
+def _reflect(i: jax.Array, n: int) -> jax.Array:
+    """Source index of padded index ``i`` (``-n < i < 2 n - 1``) under reflection without
+    repeating the edge (TensorFlow's and NumPy's ``reflect``)."""
+    i = jnp.abs(i)
+    return jnp.where(i >= n, 2 * (n - 1) - i, i)
+
+
+def _rescale(x: jax.Array, level: int, scale_offset: jax.Array) -> jax.Array:
+    """Reflect pad to a multiple of ``level`` (``scale_offset`` before), ``level x level``
+    box mean. ``x`` ``(N, H, W, C)``; ``level`` static."""
+    if level == 1:
+        return x
+    for axis, off in ((1, scale_offset[0]), (2, scale_offset[1])):
+        n = x.shape[axis]
+        full = scaled_size(n, level) * level
+        x = jnp.take(x, _reflect(jnp.arange(full, dtype=jnp.int32) - off, n), axis=axis)
+    n, h, w, c = x.shape
+    return jnp.mean(x.reshape(n, h // level, level, w // level, level, c), axis=(2, 4))
+
+
+def _pad_flip_index(n: int, offset: jax.Array, flip: jax.Array) -> jax.Array:
+    """``(N, n + 7)`` source rows: reflect pad ``7 - offset`` before, then flipped where ``flip``."""
+    p = jnp.arange(n + OFFSET_MAX, dtype=jnp.int32)
+    q = jnp.where(flip[:, None], n + OFFSET_MAX - 1 - p, p)
+    return _reflect(q - (OFFSET_MAX - offset[:, None]), n)
+
+
+def _transform_unswapped(t: Transform, x01: jax.Array, level: int) -> jax.Array:
+    """Every step of the official ``apply_ensemble`` but the x/y swap, on ``[0, 1]`` images
+    ``(N, H, W, 3)`` at the static ``level``: ``(N, h + 7, w + 7, 3)``."""
+    x = _rescale(x01, level, t.scale_offset)
+    _, h, w, _ = x.shape
+    rows = _pad_flip_index(h, t.offset[:, 0], (t.flips == 1) | (t.flips == 2))
+    cols = _pad_flip_index(w, t.offset[:, 1], (t.flips == 0) | (t.flips == 2))
+    x = jax.vmap(lambda xi, r, c, p: xi[r][:, c][..., p])(x, rows, cols, t.perms)
+    return x * t.colors.astype(x.dtype)[:, None, None, :]
+
+
+def _concrete(a: Any, what: str) -> int:
+    try:
+        return int(np.asarray(a))
+    except (jax.errors.ConcretizationTypeError, TypeError) as e:
+        raise ValueError(f"{what} must be concrete here (not traced)") from e
+
+
+def apply_transform(t: Transform, x01: jax.Array) -> jax.Array:
+    """The official ``apply_ensemble``: ``t`` applied to ``[0, 1]`` images ``(N, H, W, 3)``,
+    returning ``(N, h, w, 3)`` (H and W transposed where ``t.swap``). ``t.level`` and
+    ``t.swap`` must be concrete (they set the shape)."""
+    level = _concrete(t.level, "Transform.level")
+    x = _transform_unswapped(t, x01, level)
+    return x.transpose(0, 2, 1, 3) if _concrete(t.swap, "Transform.swap") else x
+
+
+# --- the network of one draw ---------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: int, precision: Any) -> jax.Array:
+    """A stride-1 conv (``_ops.conv2d``) whose input gradient is itself a conv with an HWIO
+    kernel (flipped, in/out swapped). JAX's own derivative feeds XLA a conv with an OI
+    kernel, which XLA:CPU runs 3-4x slower inside a ``lax.switch`` branch (outside one it
+    gets the kernel transposed first); the switch over scale levels would pay it."""
+    return _ops.conv2d(x, kernel, bias, 1, padding, precision)
+
+
+def _conv_fwd(x, kernel, bias, padding, precision):
+    return _conv(x, kernel, bias, padding, precision), (x, kernel)
+
+
+def _conv_bwd(padding, precision, res, g):
+    x, kernel = res
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    zero = jnp.zeros((x.shape[-1],), g.dtype)
+    gx = _ops.conv2d(g, flipped, zero, 1, kernel.shape[0] - 1 - padding, precision)
+    _, vjp_kernel = jax.vjp(
+        lambda k: _ops.conv2d(x, k, jnp.zeros_like(g[0, 0, 0]), 1, padding, precision), kernel
+    )
+    return gx, vjp_kernel(g)[0], jnp.sum(g, axis=(0, 1, 2))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def _taps(trunk: Any, xs: jax.Array, masks: Any, dtype: Any, remat: bool, precision: Any) -> list[jax.Array]:
+    """The 14 taps of VGG16 with average pools (``_nets.VGG_AVG_LAYERS``, the trunk that
+    ``_nets.Trunk(net="vgg_avg")`` runs, in the same dtypes), the dropout weights ``masks``
+    ``{conv index: array}`` multiplying each conv's input."""
+    dt = _nets.compute_dtype(dtype, xs, trunk)
+    stem = _nets._stem_dtype(dt)
+    x, taps = xs.astype(stem), []
+    for layer in _nets.LAYERS[NET]:
+        if isinstance(layer, _nets.Tap):
+            taps.append(x)
+        elif isinstance(layer, _nets.AvgPool):
+            x = _nets.avg_pool(x, layer.kernel, layer.stride)
+        else:
+            assert isinstance(layer, _nets.Conv) and layer.stride == 1 and layer.relu
+            cdt = stem if layer.index == 0 else dt
+            p = trunk[f"features_{layer.index}"]
+
+            def step(x, p, m, pad=layer.padding, cdt=cdt):
+                if m is not None:
+                    x = x * m.astype(x.dtype)
+                x = x.astype(cdt)
+                return jax.nn.relu(_conv(x, p["kernel"].astype(cdt), p["bias"].astype(cdt), pad, precision))
+
+            m = None if masks is None else masks[layer.index]
+            x = (jax.checkpoint(step) if remat else step)(x, p, m)
+    return taps
+
+
+def _transpose_kernels(trunk: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: a.transpose(1, 0, 2, 3) if a.ndim == 4 else a, trunk)
+
+
+def _sampled_masks(key: jax.Array, n: int, h: int, w: int) -> dict[int, jax.Array]:
+    """Dropout keep masks ``{conv index: (n, h_k, w_k, C_k) bool}`` for an ``h x w`` input,
+    P(keep) = 0.99: one draw of 32-bit words for all of them (one RNG op compiles faster
+    than 13), each kept where its word is below ``0.99 * 2^32``."""
+    shapes = {i: (n, *s) for i, s in _nets.conv_input_shapes(NET, h, w).items()}
+    sizes = [int(np.prod(s)) for s in shapes.values()]
+    bits = jax.random.bits(key, (sum(sizes),), jnp.uint32)
+    keep = bits < jnp.uint32(round(KEEP * 2**32))
+    ends = np.cumsum(sizes)
+    return {i: keep[e - z : e].reshape(s) for (i, s), z, e in zip(shapes.items(), sizes, ends)}
+
+
+def _branch(level: int, opts: tuple, given_masks: Any = None):
+    """The ``(N,)`` distance of one draw at the static ``level``: a ``lax.switch`` branch,
+    ``(trunk, heads, x01, y01, t, dropout key or None) -> (N,)``."""
+    dtype, remat, precision = opts
+
+    def run(trunk, heads, x01, y01, t, dkey):
+        n = x01.shape[0]
+        xy = jnp.concatenate([_transform_unswapped(t, x01, level), _transform_unswapped(t, y01, level)])
+        # The x/y swap. Square: transpose the images. Otherwise the shapes would differ
+        # between the two cases: transpose the 3x3 kernels instead, which gives the same
+        # taps transposed (every op is symmetric in H and W; the spatial means are equal).
+        h, w = xy.shape[1:3]
+        masks = given_masks
+        if h == w:
+            xy = jnp.where(t.swap == 1, xy.transpose(0, 2, 1, 3), xy)
+        else:
+            trunk = lax.cond(t.swap == 1, _transpose_kernels, lambda a: a, trunk)
+        if masks is None and dkey is not None:
+            masks = _sampled_masks(dkey, n, h, w)
+        if masks is not None:
+            weight = lambda m: jnp.where(m, jnp.float32(1) / jnp.float32(KEEP), jnp.float32(0))  # noqa: E731
+            masks = {i: jnp.concatenate([weight(m)] * 2) for i, m in masks.items()}
+        taps = _taps(trunk, scale_inputs(xy, "0.1", True), masks, dtype, remat, precision)
+        total = None
+        for k, tap in enumerate(taps):
+            f = normalize_channels(tap)
+            m = head_map((f[:n] - f[n:]) ** 2, heads[f"lin{k}"]["kernel"])
+            d = jnp.mean(m, axis=(-2, -1))
+            total = d if total is None else total + d
+        return total
+
+    return run
+
+
+def _draw(params: ELPIPSParams, x01, y01, t: Transform, dkey, opts, level=None, masks=None) -> jax.Array:
+    """One draw's ``(N,)`` distances at ``t``; ``level`` static or from ``t`` (a switch)."""
+    args = (params.trunk, params.heads, x01, y01, t, dkey)
+    if level is not None:
+        return _branch(level, opts, masks)(*args)
+    if params.scale_levels == 1:
+        return _branch(1, opts)(*args)
+    # Each branch rematerialised: differentiated as it is, the switch hands every branch's
+    # residuals (zeros for the branches not taken) from the forward to the backward pass;
+    # remat keeps the branch inputs only (grad at 256x256, 8 levels: 571 vs 801 MB of
+    # temporaries, the same time; a quarter less compile time).
+    branches = [jax.checkpoint(_branch(s, opts)) for s in range(1, params.scale_levels + 1)]
+    return lax.switch(t.level - 1, branches, *args)
+
+
+# --- entry points ----------------------------------------------------------------------
+
+
+def _check_key(key: Any) -> None:
+    if key is None:
+        raise ValueError(
+            "E-LPIPS is random: pass key=jax.random.key(seed) (each key one draw of input "
+            "transformations and dropout; the same key gives the same value)"
+        )
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key has shape {key.shape}: expected one key, shape ()")
+        return
+    if dtype != jnp.uint32 or np.ndim(key) != 1:
+        raise TypeError(
+            f"key={key!r}: expected a jax.random key (jax.random.key(seed), or a raw "
+            "jax.random.PRNGKey(seed))"
+        )
+
+
+def _check_inputs(x: Any, y: Any, levels: int) -> None:
+    """Shape, dtype and size checks (trace time); the size rule is E-LPIPS' own."""
+    stand_ins = []
+    for name, a in (("x", x), ("y", y)):
+        shape = tuple(np.shape(a)) if not hasattr(a, "shape") else tuple(a.shape)
+        dtype = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+        if len(shape) in (3, 4) and shape[-1] == 3:
+            h, w = shape[-3], shape[-2]
+            m = min_size(levels)
+            if min(h, w) < m:
+                rule = levels_for_size(h, w)
+                hint = (
+                    f"use fewer scale levels: the official rule is scale_levels = max(1, min(H, W) // 64) "
+                    f"(elpips Config.set_scale_levels_by_image_size), {rule} here: "
+                    f"params.replace(scale_levels={rule})"
+                    if min(h, w) >= min_size(1)
+                    else f"E-LPIPS needs at least {min_size(1)}x{min_size(1)} even with scale_levels=1"
+                )
+                raise ValueError(
+                    f"{name} has spatial size {h}x{w}: E-LPIPS with scale_levels={levels} needs at least "
+                    f"{m}x{m} (7 * scale_levels + 2: downsampled by up to {levels}, an image must keep "
+                    f"9 pixels); {hint}"
+                )
+            bumped = (*shape[:-3], max(h, 16), max(w, 16), 3)  # the trunk's own floor is met
+            stand_ins.append(jax.ShapeDtypeStruct(bumped, dtype))
+        else:
+            stand_ins.append(a)
+    _checks.check_images(*stand_ins, NET)
+
+
+def _to_unit(xb: jax.Array, normalize: Any) -> jax.Array:
+    x = _checks.widen(xb)
+    if isinstance(normalize, jax.core.Tracer):
+        return jnp.where(normalize, x, (x + 1) / 2)
+    return x if normalize else (x + 1) / 2
+
+
+def _pair(x, y, normalize):
+    """Both in [0, 1], broadcast to one batch (each pair gets its own transformation)."""
+    x01, y01 = _to_unit(x, normalize), _to_unit(y, normalize)
+    n = max(x01.shape[0], y01.shape[0])
+    return jnp.broadcast_to(x01, (n, *x01.shape[1:])), jnp.broadcast_to(y01, (n, *y01.shape[1:]))
+
+
+def _distance_core(params, xb, yb, key, *, samples, normalize, dropout, dtype, remat, precision):
+    x01, y01 = _pair(xb, yb, normalize)
+    n = x01.shape[0]
+    opts = (dtype, remat, precision)
+
+    def one(k):
+        kt, kd = jax.random.split(k)
+        t = sample_transform(kt, n, params.scale_levels)
+        return _draw(params, x01, y01, t, kd if dropout else None, opts)
+
+    if samples == 1:
+        d = one(key)
+    else:
+        body = jax.checkpoint(lambda total, k: (total + one(k), None))
+        total, _ = lax.scan(body, jnp.zeros((n,), jnp.float32), jax.random.split(key, samples))
+        d = total / samples
+    xs, ys = jnp.broadcast_arrays(xb, yb)
+    return _zero_identical((d,), xs, ys)[0]
+
+
+def _at_core(params, xb, yb, t, masks, *, level, normalize, dtype, remat, precision):
+    x01, y01 = _pair(xb, yb, normalize)
+    d = _draw(params, x01, y01, t, None, (dtype, remat, precision), level=level, masks=masks)
+    xs, ys = jnp.broadcast_arrays(xb, yb)
+    return _zero_identical((d,), xs, ys)[0]
+
+
+_STATIC = ("samples", "normalize", "dropout", "dtype", "remat", "precision", "level", "fast")
+
+
+def _one_program(core):
+    """``core`` as one jitted program per static setting when called eagerly (op by op it
+    would dispatch and compile each op); inline under the caller's trace. The CPU
+    fast-path setting is part of the key, as it acts at trace time."""
+
+    def keyed(*arrays, fast, **static):
+        del fast
+        return core(*arrays, **static)
+
+    jitted = jax.jit(keyed, static_argnames=_STATIC)
+
+    @functools.wraps(core)
+    def call(*arrays, **static):
+        leaves = jax.tree_util.tree_leaves((arrays, static.get("normalize")))
+        if any(isinstance(a, jax.core.Tracer) for a in leaves):
+            return core(*arrays, **static)
+        static["normalize"] = bool(static["normalize"])
+        return jitted(*arrays, fast=_ops.enabled(), **static)
+
+    return call
+
+
+_distance_program = _one_program(_distance_core)
+_at_program = _one_program(_at_core)
+
+
+def _prepare(params, x, y, normalize):
+    params = validate(params)
+    _check_inputs(x, y, params.scale_levels)
+    _checks.check_range("x", x, normalize)
+    _checks.check_range("y", y, normalize)
+    xb, unbatched = _checks.as_batch(x)
+    yb, _ = _checks.as_batch(y)
+    return params, xb, yb, unbatched
+
+
+def distance(
+    params: ELPIPSParams,
+    x: Any,
+    y: Any,
+    *,
+    key: Any,
+    samples: int = 1,
+    normalize: bool = False,
+    dropout: bool = True,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> jax.Array:
+    """E-LPIPS between ``x`` and ``y``: the mean over ``samples`` random draws.
+
+    Args:
+      params: from :func:`load`.
+      x, y: ``(N, H, W, 3)`` or ``(H, W, 3)`` float images in ``[-1, 1]``; either may be
+        a batch of 1 against the other's N. ``min(H, W) >= 7 * params.scale_levels + 2``.
+      key: a ``jax.random`` key (required). One draw uses it as it is; ``samples=n > 1``
+        uses ``jax.random.split(key, n)``, draw ``i`` on the ``i``-th key.
+      samples: the number of draws (static), run one at a time in a ``lax.scan``.
+      normalize: inputs are in ``[0, 1]`` instead.
+      dropout: ``False`` turns the network's dropout off (the transformations stay).
+      dtype, remat, precision: as for LPIPS (compute dtype of the trunk after its first
+        conv; rematerialise trunk activations; conv precision).
+
+    Returns:
+      ``(N,)`` float32 distances, or ``()`` for unbatched input.
+    """
+    _check_key(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw key: one program for both kinds
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples={samples!r}: expected an int >= 1 (the number of random draws)")
+    if not isinstance(dropout, bool):
+        raise TypeError(f"dropout={dropout!r}: expected True or False")
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    d = _distance_program(
+        params, xb, yb, key, samples=samples, normalize=normalize, dropout=dropout, dtype=dtype,
+        remat=remat, precision=precision,
+    )  # fmt: skip
+    return d[0] if unbatched else d
+
+
+def _official_masks(
+    masks: Any, t: Transform, level: int, n: int, hw: tuple[int, int]
+) -> dict[int, jax.Array]:
+    """The official frame's keep masks (conv order, as the official code sees the conv
+    inputs, after the swap) in the frame :func:`_branch` runs in."""
+    masks = tuple(masks)
+    if len(masks) != len(CONV_INDICES):
+        raise ValueError(f"masks: expected {len(CONV_INDICES)} arrays (one per conv), got {len(masks)}")
+    h, w = hw
+    swap = h != w and _concrete(t.swap, "Transform.swap (non-square images, masks given)") == 1
+    shapes = _nets.conv_input_shapes(NET, *((w, h) if swap else (h, w)))
+    out = {}
+    for i, m in zip(CONV_INDICES, masks):
+        expect = (n, *shapes[i])
+        if tuple(np.shape(m)) != expect:
+            raise ValueError(f"masks for conv features.{i}: shape {tuple(np.shape(m))}, expected {expect}")
+        m = jnp.asarray(m).astype(bool)
+        out[i] = m.transpose(0, 2, 1, 3) if swap else m
+    return out
+
+
+def distance_at(
+    params: ELPIPSParams,
+    x: Any,
+    y: Any,
+    transform: Transform,
+    *,
+    masks: Any = None,
+    normalize: bool = False,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> jax.Array:
+    """E-LPIPS at a given transformation (one draw): ``(N,)`` or ``()``.
+
+    ``masks=None`` turns dropout off; otherwise 13 keep masks (0/1 or bool), one per conv
+    in order, each of the shape the official code's conv input has (``(N, h_k, w_k, C_k)``,
+    after the swap); kept values are scaled by ``1 / 0.99``. With masks,
+    ``transform.level`` must be concrete (and ``transform.swap`` for non-square images).
+    For parity with the official code.
+    """
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    n = max(xb.shape[0], yb.shape[0])
+    level = None
+    try:
+        level = int(np.asarray(transform.level))
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        pass
+    if level is not None and not 1 <= level <= params.scale_levels:
+        raise ValueError(f"transform.level={level}: expected 1 .. scale_levels={params.scale_levels}")
+    if masks is not None:
+        if level is None:
+            raise ValueError("distance_at with masks needs a concrete transform.level (it sets their shapes)")
+        masks = _official_masks(masks, transform, level, n, transformed_size(*xb.shape[1:3], level))
+    d = _at_program(
+        params, xb, yb, transform, masks, level=level, normalize=normalize, dtype=dtype, remat=remat,
+        precision=precision,
+    )  # fmt: skip
+    return d[0] if unbatched else d
