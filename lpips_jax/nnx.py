@@ -16,6 +16,7 @@ leaves them out. Images follow the library's contract: NHWC ``(N, H, W, 3)`` or
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lpips_jax._dists import DISTSParams
-from lpips_jax._metric import LPIPSParams, _validate_params, distance
+from lpips_jax._metric import METRIC_METHODS, LPIPSParams, _validate_params, distance, variables
 from lpips_jax._weights import load
 
 __all__ = ["LPIPS", "LPIPSWeights", "MeanDistance"]
@@ -78,14 +79,15 @@ def _resolve_params(net, version, lpips, variant, path, params) -> LPIPSParams |
 
 
 class LPIPS(nnx.Module):
-    """A metric of the family (LPIPS, ST-LPIPS, DISTS) as a Flax NNX module.
+    """A metric of the family (LPIPS, ST-LPIPS, DISTS, E-LPIPS) as a Flax NNX module.
 
     ``LPIPS(net, *, version, lpips, variant, path)`` loads with :func:`lpips_jax.load`;
-    ``LPIPS(params=p)`` takes params already loaded (``LPIPSParams`` or ``DISTSParams``).
-    ``net``, ``version``, ``lpips`` and ``variant`` are plain (static) attributes
-    (``version`` and ``lpips`` are ``None`` for DISTS); the arrays are
-    :class:`LPIPSWeights` variables under ``weights``, and :attr:`params` rebuilds the
-    params pytree from them, so every function of the library applies to it.
+    ``LPIPS(params=p)`` takes params already loaded. ``net``, ``version``, ``lpips`` and
+    ``variant`` are plain (static) attributes (``None`` where the metric has none); the
+    arrays are :class:`LPIPSWeights` variables under ``weights``, and :attr:`params`
+    rebuilds the params pytree from them, so every function of the library applies to
+    it. E-LPIPS takes its key per call: ``lp(x, y, key=key)``, or an ``nnx.Rngs``
+    (``key=rngs``: its next key).
     """
 
     def __init__(
@@ -96,33 +98,27 @@ class LPIPS(nnx.Module):
         lpips: bool = True,
         variant: str = "vanilla",
         path: Any = None,
-        params: LPIPSParams | DISTSParams | None = None,
+        params: Any = None,
     ):
         params = _resolve_params(net, version, lpips, variant, path, params)
-        if getattr(params, "random", False):
-            raise ValueError(
-                "lpips_jax.nnx.LPIPS takes the deterministic metrics; E-LPIPS is random: call "
-                "lpips_jax.distance(lpips_jax.load('elpips'), x, y, key=key) in your module"
-            )
         self.net = params.net
         self.version = params.version
-        self.lpips = params.lpips if isinstance(params, LPIPSParams) else None
+        self.lpips = getattr(params, "lpips", None)
         self.variant = params.variant
-        if isinstance(params, DISTSParams):
-            arrays = {"trunk": params.trunk, "alpha": params.alpha, "beta": params.beta}
-        else:
-            arrays = {"trunk": params.trunk, "heads": params.heads}
-        self.weights = _data(jax.tree.map(LPIPSWeights, arrays))
+        # The params class and its static fields, to rebuild the pytree from the weights.
+        self._kind = type(params)
+        self._static = tuple(
+            (f.name, getattr(params, f.name))
+            for f in dataclasses.fields(params)
+            if not f.metadata.get("pytree_node", True)
+        )
+        self.weights = _data(jax.tree.map(LPIPSWeights, variables(params)["params"]))
 
     @property
-    def params(self) -> LPIPSParams | DISTSParams:
+    def params(self) -> Any:
         """The params pytree of the current weights (tracers inside NNX transforms)."""
         arrays = jax.tree.map(_get, self.weights, is_leaf=_is_variable)
-        if self.net == "dists":
-            return DISTSParams(**arrays)
-        return LPIPSParams(
-            **arrays, net=self.net, version=self.version, lpips=self.lpips, variant=self.variant
-        )
+        return self._kind(**arrays, **dict(self._static))
 
     def __call__(
         self,
@@ -138,6 +134,8 @@ class LPIPS(nnx.Module):
     ) -> jax.Array:
         """:func:`lpips_jax.distance` of ``x`` and ``y``: ``(N,)`` or ``()`` float32."""
         options = dict(normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+        if isinstance(key, nnx.Rngs):
+            key = key()
         return distance(self.params, x, y, **options, key=key, samples=samples)
 
 
@@ -166,7 +164,7 @@ class MeanDistance(nnx.Metric):
     ):
         if isinstance(metric, str):
             metric = LPIPS(metric)
-        elif isinstance(metric, (LPIPSParams, DISTSParams)):
+        elif all(callable(getattr(metric, m, None)) for m in METRIC_METHODS):  # loaded params
             metric = LPIPS(params=metric)
         elif not isinstance(metric, LPIPS):
             raise TypeError(

@@ -546,7 +546,14 @@ def test_public_load_and_distance(params):
         lpips_jax.load("elpips", version="0.1")
     with pytest.raises(ValueError, match="linen LPIPS module takes the deterministic metrics"):
         lpips_jax.LPIPS(net="elpips").init(jax.random.PRNGKey(0), x, y)
+    from flax import nnx
+
     from lpips_jax import nnx as lnnx
 
-    with pytest.raises(ValueError, match="nnx.LPIPS takes the deterministic metrics"):
-        lnnx.LPIPS("elpips")
+    module = lnnx.LPIPS(params=p)  # NNX: the key (or an nnx.Rngs) per call
+    assert module.net == "elpips" and module.params.scale_levels == 2
+    np.testing.assert_array_equal(module(x, y, key=key, samples=2), want)
+    rngs = nnx.Rngs(7)
+    np.testing.assert_array_equal(module(x, y, key=rngs), _elpips.distance(p, x, y, key=nnx.Rngs(7)()))
+    with pytest.raises(ValueError, match="E-LPIPS is random: pass key="):
+        module(x, y)

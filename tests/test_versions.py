@@ -1,8 +1,10 @@
 """The version rules: the CPU fast paths are on by default only on the jaxlib they were
-measured on (``_ops.MEASURED_JAXLIB``), and the override still forces them elsewhere."""
+measured on (``_ops.MEASURED_JAXLIB``), and the override still forces them elsewhere; and
+whatever versions are installed, float64 values and gradients equal the newest versions'."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,7 +12,9 @@ import sys
 from pathlib import Path
 
 import jaxlib
+import numpy as np
 import pytest
+from conftest import DATA
 
 import lpips_jax
 from lpips_jax import _ops
@@ -62,3 +66,20 @@ def test_default_in_a_fresh_process_and_overrides(tmp_path):
     measured = jaxlib.__version__.startswith(tuple(v + "." for v in _ops.MEASURED_JAXLIB))
     assert out["default"] == (every if measured else []), (jaxlib.__version__, out)
     assert out["fast_paths(True)"] == out["variable all"] == every
+
+
+@pytest.mark.parametrize("name", ["alex", "vgg", "alex_st", "dists"])
+def test_values_and_gradients_equal_the_newest_versions(name):
+    """float64 values and gradients on the official example images equal those the newest
+    supported versions computed (tests/data/grads, written by its make_refs.py), whatever
+    jax, jaxlib and flax are installed (CI: the floors too). Tolerance: float64 rounding
+    of other summation orders (1e-10 of the gradient's scale)."""
+    spec = importlib.util.spec_from_file_location("grads_make_refs", DATA / "grads" / "make_refs.py")
+    refs_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(refs_script)
+    with np.load(DATA / "grads" / "refs.npz", allow_pickle=False) as f:
+        want = {k: f[f"{name}/{k}"] for k in ("d", "gx", "gy")}
+    d, gx, gy = refs_script.value_and_grads(name)
+    np.testing.assert_allclose(d, want["d"], rtol=1e-10, atol=0)
+    for got, ref in ((gx, want["gx"]), (gy, want["gy"])):
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10 * float(np.abs(ref).max()))
