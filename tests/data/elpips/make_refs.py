@@ -4,8 +4,8 @@
     python tests/data/elpips/make_refs.py --elpips PATH/elpips [--draws 20000]
     python tests/data/elpips/make_refs.py --elpips PATH/elpips --cases IN.npz --out OUT.npz
 
-PATH/elpips is mkettune/elpips's ``elpips/`` folder (commit 9192007, BSD-2-Clause; the
-project keeps a copy in ``../shared/refs/elpips``). It runs under TensorFlow 2 through
+PATH/elpips is mkettune/elpips's ``elpips/`` folder (commit 9192007, BSD-2-Clause; not
+in this repository). It runs under TensorFlow 2 through
 ``tf.compat.v1``, with its own heads (``vgg_full_avg.npy``) and the VGG16 trunk built from
 our ``weights/vgg_trunk.safetensors`` (the one the official code is run with).
 
@@ -348,8 +348,7 @@ def sample_draws(path: Path, n: int, draws: int) -> dict[str, np.ndarray]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--elpips", default=str(REPO.parent / "shared" / "refs" / "elpips"),
-                    help="the official elpips/ folder")  # fmt: skip
+    ap.add_argument("--elpips", required=True, help="the official elpips/ folder")
     ap.add_argument("--weights", default=str(REPO / "weights" / "vgg_trunk.safetensors"))
     ap.add_argument("--cases", help="evaluate the cases of this npz (live comparison)")
     ap.add_argument("--out", default=str(HERE / "refs.npz"))
