@@ -96,7 +96,9 @@ class LPIPSParams:
 #   features(xb, normalize, dtype, remat, precision) -> tuple of (N, ...) arrays
 #   layer_terms(fx, fy) -> tuple of (N,) arrays whose sum is the distance
 #   spatial_terms(fx, fy) -> tuple of (N, h_k, w_k) maps, or ValueError where undefined
-# A new metric is one module with such a class, and an entry in ``_weights.load``.
+# A random metric (E-LPIPS) also sets ``random = True`` and has ``sampled_distance(x, y, *,
+# key, samples, **options)``, which ``distance`` calls. A new metric is one module with such
+# a class, a branch of ``_weights.load`` and an entry in :data:`FAMILY`.
 METRIC_METHODS = ("validate", "features", "layer_terms", "spatial_terms")
 Params = LPIPSParams | DISTSParams
 
