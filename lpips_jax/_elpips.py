@@ -55,7 +55,14 @@ from flax import struct
 from jax import lax
 
 from lpips_jax import _checks, _nets, _ops
-from lpips_jax._metric import _zero_identical, head_map, normalize_channels, scale_inputs
+from lpips_jax._metric import (
+    OPTIONS,
+    _one_program,
+    _zero_identical,
+    head_map,
+    normalize_channels,
+    scale_inputs,
+)
 
 NET = "vgg_avg"  # the trunk's layer table in _nets
 LEVELS = 8  # elpips_vgg's scale levels
@@ -510,33 +517,12 @@ def _at_core(params, xb, yb, t, masks, *, level, normalize, dtype, remat, precis
     return _zero_identical((d,), xs, ys)[0]
 
 
-_STATIC = ("samples", "normalize", "dropout", "dtype", "remat", "precision", "level", "fast")
+# Static options of the programs below, beside the metric's own (OPTIONS).
+_STATIC = (*OPTIONS, "samples", "dropout", "level")
 
 
-def _one_program(core):
-    """``core`` as one jitted program per static setting when called eagerly (op by op it
-    would dispatch and compile each op); inline under the caller's trace. The CPU
-    fast-path setting is part of the key, as it acts at trace time."""
-
-    def keyed(*arrays, fast, **static):
-        del fast
-        return core(*arrays, **static)
-
-    jitted = jax.jit(keyed, static_argnames=_STATIC)
-
-    @functools.wraps(core)
-    def call(*arrays, **static):
-        leaves = jax.tree_util.tree_leaves((arrays, static.get("normalize")))
-        if any(isinstance(a, jax.core.Tracer) for a in leaves):
-            return core(*arrays, **static)
-        static["normalize"] = bool(static["normalize"])
-        return jitted(*arrays, fast=_ops.enabled(), **static)
-
-    return call
-
-
-_distance_program = _one_program(_distance_core)
-_at_program = _one_program(_at_core)
+_distance_program = _one_program(_distance_core, _STATIC)
+_at_program = _one_program(_at_core, _STATIC)
 
 
 def _prepare(params, x, y, normalize):

@@ -176,28 +176,30 @@ def _features_core(params: Params, xb, *, normalize, dtype, remat, precision):
     return params.features(xb, normalize, dtype, remat, precision)
 
 
-def _one_program(core):
-    """``core(params, *arrays, normalize=, dtype=, remat=, precision=)`` as one jitted
-    program per static setting when called eagerly: op by op, the metric would dispatch
-    and compile each op (several times the first-call time of one program). The CPU
-    fast-path setting is part of the key, as it acts at trace time. Under a trace (the
-    caller's jit, grad, vmap) ``core`` runs inline, in the caller's program."""
+OPTIONS = ("normalize", "dtype", "remat", "precision")
 
-    def keyed(*arrays, normalize, dtype, remat, precision, fast):
+
+def _one_program(core, static: tuple[str, ...] = OPTIONS):
+    """``core(params, *arrays, **options)`` (``options``: the keywords ``static``, which
+    include ``normalize``) as one jitted program per static setting when called eagerly:
+    op by op, the metric would dispatch and compile each op (several times the first-call
+    time of one program). The CPU fast-path setting is part of the key, as it acts at
+    trace time. Under a trace (the caller's jit, grad, vmap) ``core`` runs inline, in the
+    caller's program."""
+
+    def keyed(*arrays, fast, **options):
         del fast  # only a cache key
-        return core(*arrays, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
+        return core(*arrays, **options)
 
-    jitted = jax.jit(keyed, static_argnames=("normalize", "dtype", "remat", "precision", "fast"))
+    jitted = jax.jit(keyed, static_argnames=(*static, "fast"))
 
     @functools.wraps(core)
-    def call(*arrays, normalize, dtype, remat, precision):
-        leaves = jax.tree_util.tree_leaves((arrays, normalize))
+    def call(*arrays, **options):
+        leaves = jax.tree_util.tree_leaves((arrays, options["normalize"]))
         if any(isinstance(a, jax.core.Tracer) for a in leaves):
-            return core(*arrays, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
-        return jitted(
-            *arrays, normalize=bool(normalize), dtype=dtype, remat=remat, precision=precision,
-            fast=_ops.enabled(),
-        )  # fmt: skip
+            return core(*arrays, **options)
+        options["normalize"] = bool(options["normalize"])
+        return jitted(*arrays, fast=_ops.enabled(), **options)
 
     return call
 
