@@ -58,10 +58,13 @@ from lpips_jax import _checks, _nets, _ops
 from lpips_jax._metric import (
     OPTIONS,
     _one_program,
+    _total,
     _zero_identical,
     head_map,
+    init_trunk_and_heads,
     normalize_channels,
     scale_inputs,
+    variables,
 )
 
 NET = "vgg_avg"  # the trunk's layer table in _nets
@@ -92,12 +95,17 @@ class ELPIPSParams:
     scale_levels: int = struct.field(pytree_node=False, default=LEVELS)
 
     # The metric interface of lpips_jax._metric (METRIC_METHODS). E-LPIPS is random: its
-    # distance takes a key (``sampled_distance``), and each draw transforms the two images
-    # of a pair together, so nothing is defined of one image or at one place.
+    # distance and per-tap terms take a key (``sampled_distance``, ``sampled_layer_distances``),
+    # and each draw transforms the two images of a pair together, so nothing is defined of
+    # one image or at one place.
     random = True
     trunk_net = NET
     version = None
     variant = "vanilla"
+
+    def variables(self) -> dict:
+        """The ``{"params": ...}`` collection of ``lpips_jax.LPIPS(net="elpips")``."""
+        return variables(self)
 
     @property
     def feature_channels(self) -> tuple[int, ...]:
@@ -124,6 +132,9 @@ class ELPIPSParams:
 
     def sampled_distance(self, x, y, *, key, samples, **options) -> jax.Array:
         return distance(self, x, y, key=key, samples=samples, **options)
+
+    def sampled_layer_distances(self, x, y, *, key, samples, **options) -> tuple[jax.Array, ...]:
+        return layer_distances(self, x, y, key=key, samples=samples, **options)
 
 
 @struct.dataclass
@@ -182,6 +193,12 @@ def load(scale_levels: int = LEVELS) -> ELPIPSParams:
         trunk=_weights._to_jax(trunk), heads=_weights._to_jax(heads), scale_levels=scale_levels
     )
     return validate(params)
+
+
+def init(rng: jax.Array) -> ELPIPSParams:
+    """Fresh E-LPIPS params (the linen module's init): the trunk's Flax init, heads at ``1 / C``."""
+    trunk, heads = init_trunk_and_heads(rng, NET)
+    return ELPIPSParams(trunk=trunk, heads=heads)
 
 
 def validate(params: Any) -> ELPIPSParams:
@@ -264,8 +281,7 @@ def _rescale(x: jax.Array, level: int, scale_offset: jax.Array) -> jax.Array:
         n = x.shape[axis]
         full = scaled_size(n, level) * level
         x = jnp.take(x, _reflect(jnp.arange(full, dtype=jnp.int32) - off, n), axis=axis)
-    n, h, w, c = x.shape
-    return jnp.mean(x.reshape(n, h // level, level, w // level, level, c), axis=(2, 4))
+    return _nets.avg_pool(x, level, level)  # a window, not a reshape: explicit sharding allows it
 
 
 def _pad_flip_index(n: int, offset: jax.Array, flip: jax.Array) -> jax.Array:
@@ -282,7 +298,11 @@ def _transform_unswapped(t: Transform, x01: jax.Array, level: int) -> jax.Array:
     _, h, w, _ = x.shape
     rows = _pad_flip_index(h, t.offset[:, 0], (t.flips == 1) | (t.flips == 2))
     cols = _pad_flip_index(w, t.offset[:, 1], (t.flips == 0) | (t.flips == 2))
-    x = jax.vmap(lambda xi, r, c, p: xi[r][:, c][..., p])(x, rows, cols, t.perms)
+    # Per-image gathers as take_along_axis, not a vmap: under explicit sharding a vmap
+    # refuses the batch-sharded images beside the unsharded indices.
+    x = jnp.take_along_axis(x, rows[:, :, None, None], axis=1)
+    x = jnp.take_along_axis(x, cols[:, None, :, None], axis=2)
+    x = jnp.take_along_axis(x, t.perms[:, None, None, :], axis=3)
     return x * t.colors.astype(x.dtype)[:, None, None, :]
 
 
@@ -324,7 +344,7 @@ def _conv_bwd(padding, precision, res, g):
     zero = jnp.zeros((x.shape[-1],), g.dtype)
     gx = _ops.conv2d(g, flipped, zero, 1, kernel.shape[0] - 1 - padding, precision)
     _, vjp_kernel = jax.vjp(
-        lambda k: _ops.conv2d(x, k, jnp.zeros_like(g[0, 0, 0]), 1, padding, precision), kernel
+        lambda k: _ops.conv2d(x, k, jnp.zeros((g.shape[-1],), g.dtype), 1, padding, precision), kernel
     )
     return gx, vjp_kernel(g)[0], jnp.sum(g, axis=(0, 1, 2))
 
@@ -377,8 +397,9 @@ def _sampled_masks(key: jax.Array, n: int, h: int, w: int) -> dict[int, jax.Arra
 
 
 def _branch(level: int, opts: tuple, given_masks: Any = None):
-    """The ``(N,)`` distance of one draw at the static ``level``: a ``lax.switch`` branch,
-    ``(trunk, heads, x01, y01, t, dropout key or None) -> (N,)``."""
+    """The ``(14, N)`` per-tap terms of one draw at the static ``level`` (their sum over
+    taps is the distance): a ``lax.switch`` branch, ``(trunk, heads, x01, y01, t, dropout
+    key or None) -> (14, N)``."""
     dtype, remat, precision = opts
 
     def run(trunk, heads, x01, y01, t, dkey):
@@ -399,19 +420,18 @@ def _branch(level: int, opts: tuple, given_masks: Any = None):
             weight = lambda m: jnp.where(m, jnp.float32(1) / jnp.float32(KEEP), jnp.float32(0))  # noqa: E731
             masks = {i: jnp.concatenate([weight(m)] * 2) for i, m in masks.items()}
         taps = _taps(trunk, scale_inputs(xy, "0.1", True), masks, dtype, remat, precision)
-        total = None
+        terms = []
         for k, tap in enumerate(taps):
             f = normalize_channels(tap)
             m = head_map((f[:n] - f[n:]) ** 2, heads[f"lin{k}"]["kernel"])
-            d = jnp.mean(m, axis=(-2, -1))
-            total = d if total is None else total + d
-        return total
+            terms.append(jnp.mean(m, axis=(-2, -1)))
+        return jnp.stack(terms)
 
     return run
 
 
 def _draw(params: ELPIPSParams, x01, y01, t: Transform, dkey, opts, level=None, masks=None) -> jax.Array:
-    """One draw's ``(N,)`` distances at ``t``; ``level`` static or from ``t`` (a switch)."""
+    """One draw's ``(14, N)`` per-tap terms at ``t``; ``level`` static or from ``t`` (a switch)."""
     args = (params.trunk, params.heads, x01, y01, t, dkey)
     if level is not None:
         return _branch(level, opts, masks)(*args)
@@ -501,20 +521,20 @@ def _distance_core(params, xb, yb, key, *, samples, normalize, dropout, dtype, r
         return _draw(params, x01, y01, t, kd if dropout else None, opts)
 
     if samples == 1:
-        d = one(key)
+        terms = one(key)
     else:
         body = jax.checkpoint(lambda total, k: (total + one(k), None))
-        total, _ = lax.scan(body, jnp.zeros((n,), jnp.float32), jax.random.split(key, samples))
-        d = total / samples
+        total, _ = lax.scan(body, jnp.zeros((N_TAPS, n), jnp.float32), jax.random.split(key, samples))
+        terms = total / samples
     xs, ys = jnp.broadcast_arrays(xb, yb)
-    return _zero_identical((d,), xs, ys)[0]
+    return _zero_identical(tuple(terms), xs, ys)
 
 
 def _at_core(params, xb, yb, t, masks, *, level, normalize, dtype, remat, precision):
     x01, y01 = _pair(xb, yb, normalize)
-    d = _draw(params, x01, y01, t, None, (dtype, remat, precision), level=level, masks=masks)
+    terms = _draw(params, x01, y01, t, None, (dtype, remat, precision), level=level, masks=masks)
     xs, ys = jnp.broadcast_arrays(xb, yb)
-    return _zero_identical((d,), xs, ys)[0]
+    return _total(_zero_identical(tuple(terms), xs, ys))
 
 
 # Static options of the programs below, beside the metric's own (OPTIONS).
@@ -533,6 +553,36 @@ def _prepare(params, x, y, normalize):
     xb, unbatched = _checks.as_batch(x)
     yb, _ = _checks.as_batch(y)
     return params, xb, yb, unbatched
+
+
+def layer_distances(
+    params: ELPIPSParams,
+    x: Any,
+    y: Any,
+    *,
+    key: Any,
+    samples: int = 1,
+    normalize: bool = False,
+    dropout: bool = True,
+    dtype: Any = None,
+    remat: bool = False,
+    precision: Any = None,
+) -> tuple[jax.Array, ...]:
+    """E-LPIPS per tap: 14 ``(N,)`` (or ``()``) arrays, each tap's term averaged over the
+    same draws as :func:`distance` (same arguments), whose sum is the distance."""
+    _check_key(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw key: one program for both kinds
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ValueError(f"samples={samples!r}: expected an int >= 1 (the number of random draws)")
+    if not isinstance(dropout, bool):
+        raise TypeError(f"dropout={dropout!r}: expected True or False")
+    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
+    per = _distance_program(
+        params, xb, yb, key, samples=samples, normalize=normalize, dropout=dropout, dtype=dtype,
+        remat=remat, precision=precision,
+    )  # fmt: skip
+    return tuple(d[0] for d in per) if unbatched else per
 
 
 def distance(
@@ -565,19 +615,11 @@ def distance(
     Returns:
       ``(N,)`` float32 distances, or ``()`` for unbatched input.
     """
-    _check_key(key)
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)  # a raw key: one program for both kinds
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-        raise ValueError(f"samples={samples!r}: expected an int >= 1 (the number of random draws)")
-    if not isinstance(dropout, bool):
-        raise TypeError(f"dropout={dropout!r}: expected True or False")
-    params, xb, yb, unbatched = _prepare(params, x, y, normalize)
-    d = _distance_program(
-        params, xb, yb, key, samples=samples, normalize=normalize, dropout=dropout, dtype=dtype,
+    per = layer_distances(
+        params, x, y, key=key, samples=samples, normalize=normalize, dropout=dropout, dtype=dtype,
         remat=remat, precision=precision,
     )  # fmt: skip
-    return d[0] if unbatched else d
+    return _total(per)
 
 
 def _official_masks(

@@ -97,7 +97,8 @@ class LPIPSParams:
 #   layer_terms(fx, fy) -> tuple of (N,) arrays whose sum is the distance
 #   spatial_terms(fx, fy) -> tuple of (N, h_k, w_k) maps, or ValueError where undefined
 # A random metric (E-LPIPS) also sets ``random = True`` and has ``sampled_distance(x, y, *,
-# key, samples, **options)``, which ``distance`` calls. A new metric is one module with such
+# key, samples, **options)`` and ``sampled_layer_distances`` (the same, per layer), which
+# ``distance`` and ``layer_distances`` call. A new metric is one module with such
 # a class, a branch of ``_weights.load`` and an entry in :data:`FAMILY`.
 METRIC_METHODS = ("validate", "features", "layer_terms", "spatial_terms")
 Params = LPIPSParams | DISTSParams
@@ -306,21 +307,31 @@ def layer_distances(
     dtype: Any = None,
     remat: bool = False,
     precision: Any = None,
+    key: Any = None,
+    samples: int = 1,
 ) -> tuple[jax.Array, ...]:
     """Per-layer distances: a tuple of ``(N,)`` or ``()`` arrays whose sum is :func:`distance`.
 
     LPIPS: one per tap (official ``retPerLayer``). DISTS: one per stage (the image, then
     relu1_2 .. relu5_3), the stage's share ``w_k - sum_c (alpha S1 + beta S2)`` with ``w_k``
-    its share of the normalised weights.
+    its share of the normalised weights. E-LPIPS: one per tap, each averaged over the draws
+    of ``key`` and ``samples`` (as :func:`distance`).
     """
+    options = dict(normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     if getattr(params, "random", False):
-        raise ValueError(
-            f"layer_distances is not provided for {params.net!r}, a random ensemble: use "
-            "distance(params, x, y, key=..., samples=...)"
-        )
+        return params.sampled_layer_distances(x, y, key=key, samples=samples, **options)
+    _check_deterministic(params, key, samples)
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
     per = _layers_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return tuple(_unbatch(d, unbatched) for d in per)
+
+
+def _check_deterministic(params, key, samples) -> None:
+    if key is not None or not (isinstance(samples, int) and samples == 1):
+        raise ValueError(
+            f"net {getattr(params, 'net', params)!r} is deterministic: it takes no key and samples=1 "
+            f"(got key={'given' if key is not None else None}, samples={samples!r}); they are for E-LPIPS"
+        )
 
 
 def distance(
@@ -357,12 +368,7 @@ def distance(
     options = dict(normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     if getattr(params, "random", False):
         return params.sampled_distance(x, y, key=key, samples=samples, **options)
-    if key is not None or not (isinstance(samples, int) and samples == 1):
-        raise ValueError(
-            f"net {getattr(params, 'net', params)!r} is deterministic: it takes no key and samples=1 "
-            f"(got key={'given' if key is not None else None}, samples={samples!r}); they are for E-LPIPS"
-        )
-    return _total(layer_distances(params, x, y, **options))
+    return _total(layer_distances(params, x, y, key=key, samples=samples, **options))
 
 
 def distance_from_features(params: Params, fx: tuple[jax.Array, ...], fy: tuple[jax.Array, ...]) -> jax.Array:
@@ -406,36 +412,46 @@ def distance_map(
 
 
 def _init_lpips(rng: jax.Array, net: str, version: str | None, lpips: bool, variant: str) -> LPIPSParams:
-    """Fresh LPIPS params: the trunk's Flax init, heads at ``1 / C`` (a channel mean)."""
+    """Fresh LPIPS params: the trunk's Flax init, heads at ``1 / C``."""
     _checks.check_net(net)
     version = _checks.check_version(version or "0.1")
     _checks.check_lpips(lpips)
     trunk_net = _nets.trunk_name(net, _checks.check_variant(variant, net))
+    trunk, heads = init_trunk_and_heads(rng, trunk_net)
+    return LPIPSParams(
+        trunk=trunk, heads=heads if lpips else None, net=net, version=version, lpips=lpips, variant=variant
+    )
+
+
+def init_trunk_and_heads(rng: jax.Array, trunk_net: str) -> tuple[Any, dict]:
+    """Flax's init of the trunk ``trunk_net``, and heads ``lin{k}`` at ``1 / C`` (a channel mean)."""
     m = _nets.min_size(trunk_net)
     trunk = _nets.Trunk(net=trunk_net).init(rng, jnp.zeros((1, m, m, 3), jnp.float32))["params"]
     heads = {
         f"lin{k}": {"kernel": jnp.full((1, 1, c, 1), 1 / c, jnp.float32)}
         for k, c in enumerate(_nets.tap_channels(trunk_net))
     }
-    return LPIPSParams(
-        trunk=trunk, heads=heads if lpips else None, net=net, version=version, lpips=lpips, variant=variant
-    )
+    return trunk, heads
+
+
+def _no_lpips_options(net: str, version, lpips, variant) -> None:
+    if version is not None or lpips is not True or variant != "vanilla":
+        raise ValueError(
+            f"net={net!r} takes no version, lpips or variant: got version={version!r}, "
+            f"lpips={lpips!r}, variant={variant!r}"
+        )
 
 
 def _init_dists(rng: jax.Array, net: str, version: str | None, lpips: bool, variant: str) -> DISTSParams:
-    if version is not None or lpips is not True or variant != "vanilla":
-        raise ValueError(
-            f"net='dists' takes no version, lpips or variant: got version={version!r}, "
-            f"lpips={lpips!r}, variant={variant!r}"
-        )
+    _no_lpips_options(net, version, lpips, variant)
     return _dists.init(rng)
 
 
-def _init_elpips(rng, net, version, lpips, variant):
-    raise ValueError(
-        "the linen LPIPS module takes the deterministic metrics; E-LPIPS is random: call "
-        "lpips_jax.distance(lpips_jax.load('elpips'), x, y, key=key) in your module"
-    )
+def _init_elpips(rng: jax.Array, net: str, version: str | None, lpips: bool, variant: str):
+    from lpips_jax import _elpips  # it builds on this module
+
+    _no_lpips_options(net, version, lpips, variant)
+    return _elpips.init(rng)
 
 
 # The metric family by ``net``: each entry makes fresh params of that metric (the linen
@@ -443,9 +459,14 @@ def _init_elpips(rng, net, version, lpips, variant):
 FAMILY = {"dists": _init_dists, "elpips": _init_elpips}
 
 
-def _initializer(net, version, lpips, variant):
+def _initializer(net, version, lpips, variant, scale_levels=None):
     init = FAMILY.get(net, _init_lpips)
-    return functools.partial(init, net=net, version=version, lpips=lpips, variant=variant)
+    init = functools.partial(init, net=net, version=version, lpips=lpips, variant=variant)
+    if scale_levels is None:
+        return init
+    if net != "elpips":
+        raise ValueError(f"scale_levels={scale_levels!r} is an E-LPIPS option: net={net!r} takes none")
+    return lambda rng: init(rng).replace(scale_levels=scale_levels).validate()
 
 
 class LPIPS(nn.Module):
@@ -458,6 +479,10 @@ class LPIPS(nn.Module):
     1), ...}}``; DISTS: ``trunk``, ``alpha``, ``beta``); ``params.variables()`` gives
     exactly that collection, and :func:`to_params` goes the other way. The forward is
     :func:`distance`.
+
+    E-LPIPS (``net="elpips"``, ``scale_levels`` its level count, default 8) is random: its
+    key is ``key=`` of the call, else one drawn from the module's ``"elpips"`` RNG stream
+    (``.apply(v, x, y, rngs={"elpips": key})``); ``samples=`` the number of draws.
     """
 
     net: str = "alex"
@@ -467,18 +492,28 @@ class LPIPS(nn.Module):
     dtype: Any = None
     remat: bool = False
     precision: Any = None
+    scale_levels: int | None = None
 
     @nn.compact
-    def __call__(self, x: Any, y: Any, *, normalize: bool = False) -> jax.Array:
-        init = _initializer(self.net, self.version, self.lpips, self.variant)
+    def __call__(
+        self, x: Any, y: Any, *, normalize: bool = False, key: Any = None, samples: int = 1
+    ) -> jax.Array:
+        init = _initializer(self.net, self.version, self.lpips, self.variant, self.scale_levels)
         template = jax.eval_shape(init, jax.random.PRNGKey(0))  # the fields and static data
         arrays = {
             name: self.param(name, lambda rng, name=name: getattr(init(rng), name))
             for name in _array_fields(template)
         }
         params = dataclasses.replace(template, **arrays)
+        if getattr(params, "random", False) and key is None:
+            if not (self.has_rng("elpips") or self.is_initializing()):
+                raise ValueError(
+                    f"net={self.net!r} is random: call with key=jax.random.key(seed), or "
+                    '.apply(variables, x, y, rngs={"elpips": key})'
+                )
+            key = self.make_rng("elpips" if self.has_rng("elpips") else "params")
         options = dict(dtype=self.dtype, remat=self.remat, precision=self.precision)
-        return distance(params, x, y, normalize=normalize, **options)
+        return distance(params, x, y, normalize=normalize, key=key, samples=samples, **options)
 
 
 def _array_fields(params) -> list[str]:
@@ -496,10 +531,16 @@ def variables(params) -> dict:
 
 
 def to_params(
-    variables: dict, *, net: str, version: str | None = None, lpips: bool = True, variant: str = "vanilla"
+    variables: dict,
+    *,
+    net: str,
+    version: str | None = None,
+    lpips: bool = True,
+    variant: str = "vanilla",
+    scale_levels: int | None = None,
 ) -> Params:
     """The params of an :class:`LPIPS` module's variables (the module's ``net``, ``version``,
-    ``lpips`` and ``variant``)."""
+    ``lpips``, ``variant`` and ``scale_levels``)."""
     p = variables.get("params", variables)
-    template = jax.eval_shape(_initializer(net, version, lpips, variant), jax.random.PRNGKey(0))
+    template = jax.eval_shape(_initializer(net, version, lpips, variant, scale_levels), jax.random.PRNGKey(0))
     return dataclasses.replace(template, **{name: p[name] for name in _array_fields(template)}).validate()

@@ -352,6 +352,11 @@ def save(params: LPIPSParams, path: str | os.PathLike, *, trunk: bool = True) ->
     ``trunk=False`` writes the heads only (e.g. after training heads). The file is
     written to a temporary name first and renamed, so nothing half-written is left.
     """
+    if getattr(params, "random", False):
+        raise ValueError(
+            f"save writes LPIPS and DISTS params; net={params.net!r} ships its weights "
+            f"(lpips_jax.load({params.net!r})), and load reads no file of it"
+        )
     flat = {}
     if trunk:
         flat.update(flatten(params.trunk, "trunk/"))

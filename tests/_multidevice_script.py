@@ -131,15 +131,20 @@ def main() -> None:
     out["shard_map_grad_x_rel"] = rel(gxsm, g1[1])
     out["shard_map_grad_params_rel"] = tree_rel(gpsm, g1[0])
 
-    # The family: DISTS and ST-LPIPS shard the same way (value and gradient w.r.t. x, from
+    # The family: DISTS, ST-LPIPS and E-LPIPS shard the same way (value and gradient w.r.t. x, from
     # one program each: the distances ride along as the gradient's aux output).
+    # E-LPIPS (3 scale levels: 32x32 images) with its key: the draw's transformations are
+    # sampled for the global batch, so the split batch gives the same draw.
+    key = jax.random.key(8)
+
     def loss_and_distances(p, a, b):
-        d = lpips_jax.distance(p, a, b)
+        d = lpips_jax.distance(p, a, b, **({"key": key, "samples": 2} if p.net == "elpips" else {}))
         return d.mean(), d
 
     for name, p in (
         ("dists", lpips_jax.load("dists")),
         ("alex_st", lpips_jax.load("alex", variant="shift_tolerant")),
+        ("elpips", lpips_jax.load("elpips").replace(scale_levels=3)),
     ):
         grad_x_and_distances = jax.jit(jax.grad(loss_and_distances, 1, has_aux=True))
         g1x, v1 = grad_x_and_distances(p, x, y)

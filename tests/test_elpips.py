@@ -540,12 +540,14 @@ def test_public_load_and_distance(params):
         lpips_jax.features(p, x)
     with pytest.raises(ValueError, match="distance_map is not defined for E-LPIPS"):
         lpips_jax.distance_map(p, x, y)
-    with pytest.raises(ValueError, match="layer_distances is not provided for 'elpips'"):
+    with pytest.raises(ValueError, match="E-LPIPS is random: pass key="):
         lpips_jax.layer_distances(p, x, y)
+    with pytest.raises(ValueError, match="net 'alex' is deterministic"):
+        lpips_jax.layer_distances(alex, x, y, key=key)
     with pytest.raises(ValueError, match="net='elpips' takes no version"):
         lpips_jax.load("elpips", version="0.1")
-    with pytest.raises(ValueError, match="linen LPIPS module takes the deterministic metrics"):
-        lpips_jax.LPIPS(net="elpips").init(jax.random.PRNGKey(0), x, y)
+    with pytest.raises(ValueError, match="save writes LPIPS and DISTS params; net='elpips' ships"):
+        lpips_jax.save(p, "unused.safetensors")
     from flax import nnx
 
     from lpips_jax import nnx as lnnx
@@ -557,3 +559,51 @@ def test_public_load_and_distance(params):
     np.testing.assert_array_equal(module(x, y, key=rngs), _elpips.distance(p, x, y, key=nnx.Rngs(7)()))
     with pytest.raises(ValueError, match="E-LPIPS is random: pass key="):
         module(x, y)
+
+
+def test_layer_distances_are_the_mean_per_tap_of_the_draws(params):
+    """Per tap, the mean over draws of the single draws' terms (split keys), 14 of them,
+    each >= 0 (the heads are >= 0), summing to the distance; unbatched gives ``()``."""
+    import lpips_jax
+
+    p = params.replace(scale_levels=2)
+    x, y = _pair()
+    key = jax.random.key(11)
+    per = lpips_jax.layer_distances(p, x, y, key=key, samples=3)
+    assert len(per) == _elpips.N_TAPS and all(t.shape == (x.shape[0],) for t in per)
+    singles = [lpips_jax.layer_distances(p, x, y, key=k) for k in jax.random.split(key, 3)]
+    for k in range(_elpips.N_TAPS):
+        mean = np.mean([s[k] for s in singles], axis=0)
+        np.testing.assert_allclose(per[k], mean, rtol=1e-5, atol=1e-9)
+        assert np.all(np.asarray(per[k]) >= 0)
+    np.testing.assert_allclose(sum(per), lpips_jax.distance(p, x, y, key=key, samples=3), rtol=1e-6)
+    one = lpips_jax.layer_distances(p, x[0], y[0], key=key)
+    assert all(t.shape == () for t in one)
+
+
+def test_linen_module(params):
+    """``LPIPS(net="elpips")``: fresh params of the loaded ones' shapes; with the loaded
+    variables it is :func:`distance` (key per call, or drawn from the "elpips" stream);
+    ``scale_levels`` and :func:`to_params` carry the level count."""
+    import lpips_jax
+
+    x, y = _pair()
+    key = jax.random.key(5)
+    p = params.replace(scale_levels=2)
+    module = lpips_jax.LPIPS(net="elpips", scale_levels=2)
+    fresh = module.init(jax.random.key(0), x, y)
+    shapes = lambda t: jax.tree_util.tree_map(np.shape, t)  # noqa: E731
+    assert shapes(fresh) == shapes(p.variables())
+    want = _elpips.distance(p, x, y, key=key, samples=2)
+    np.testing.assert_array_equal(module.apply(p.variables(), x, y, key=key, samples=2), want)
+    a = module.apply(p.variables(), x, y, rngs={"elpips": key})
+    np.testing.assert_array_equal(a, module.apply(p.variables(), x, y, rngs={"elpips": key}))
+    assert not np.array_equal(a, module.apply(p.variables(), x, y, rngs={"elpips": jax.random.key(6)}))
+    with pytest.raises(ValueError, match="net='elpips' is random: call with key="):
+        module.apply(p.variables(), x, y)
+    back = lpips_jax.to_params(p.variables(), net="elpips", scale_levels=2)
+    assert isinstance(back, _elpips.ELPIPSParams) and back.scale_levels == 2
+    with pytest.raises(ValueError, match="scale_levels=2 is an E-LPIPS option: net='alex'"):
+        lpips_jax.LPIPS(net="alex", scale_levels=2).init(jax.random.key(0), x, y)
+    with pytest.raises(ValueError, match="net='elpips' takes no version"):
+        lpips_jax.LPIPS(net="elpips", version="0.1").init(jax.random.key(0), x, y)

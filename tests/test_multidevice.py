@@ -78,10 +78,10 @@ def test_shard_map(results):
 
 
 @pytest.mark.multidevice
-@pytest.mark.parametrize("metric", ["dists", "alex_st"])
+@pytest.mark.parametrize("metric", ["dists", "alex_st", "elpips"])
 def test_family_under_named_sharding(results, metric):
-    """DISTS and ST-LPIPS: the batch split over 8 devices gives the single-device values
-    and gradients, and the output stays split."""
+    """DISTS, ST-LPIPS and E-LPIPS (two draws of one key): the batch split over 8 devices
+    gives the single-device values and gradients, and the output stays split."""
     assert results[f"{metric}_jit_distance_rel"] <= TOL_VALUE
     # DISTS' gradient goes through its covariance E[ab] - E[a]E[b] in float32 (the official
     # formula), whose rounding follows the reduction order that the batch split changes
