@@ -20,10 +20,17 @@ The functions (``loss = distance(params, x, y).sum()``):
 
 each ``grad`` with ``remat=False`` and ``remat=True``.
 
+``--elpips``: E-LPIPS rows instead, ``forward`` and ``grad x`` of
+``distance(params, x, y, key=key, samples=n).sum()`` for each ``--samples`` n (default 1 8
+50 200; default size 256): its draws run in a rematerialised ``lax.scan``, so both figures
+should stay flat in n. (The authors' TensorFlow code beside ours: ``bench/bench_elpips.py
+--memory``, peak RSS of both sides.)
+
 Usage::
 
     python bench/memory.py                     # alex and vgg at 512 and 1024, batch 1
     python bench/memory.py --nets alex --sizes 256 --batch 4
+    python bench/memory.py --elpips            # E-LPIPS, 256x256, samples 1 8 50 200
 """
 
 from __future__ import annotations
@@ -73,22 +80,46 @@ def measure(net: str, size: int, batch: int) -> list[tuple[str, float | None, fl
     return rows
 
 
+def measure_elpips(size: int, batch: int, samples: list[int]) -> list[tuple[str, float | None, float]]:
+    """E-LPIPS rows ``(function, kept MiB or None, temp MiB)``, per number of draws."""
+    params = lpips_jax.load("elpips")
+    img = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    key = jax.random.key(0)
+    rows = []
+    for n in samples:
+
+        def loss(p, x, y, key, n=n):
+            return lpips_jax.distance(p, x, y, key=key, samples=n).sum()
+
+        rows.append((f"forward n={n}", None, _temp(loss, params, img, img, key)))
+        kept = kept_bytes(loss, params, img, img, key, argnums=(1,)) / MIB
+        rows.append((f"grad x n={n}", kept, _temp(jax.grad(loss, 1), params, img, img, key)))
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", nargs="+", default=["alex", "vgg"])
-    ap.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
+    ap.add_argument("--sizes", nargs="+", type=int, default=None, help="default 512 1024 (E-LPIPS 256)")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--elpips", action="store_true", help="E-LPIPS rows (per --samples) instead")
+    ap.add_argument("--samples", nargs="+", type=int, default=[1, 8, 50, 200])
     args = ap.parse_args(argv)
+    if args.elpips:
+        args.nets, rows = ["elpips"], lambda net, size: measure_elpips(size, args.batch, args.samples)
+    else:
+        rows = lambda net, size: measure(net, size, args.batch)
+    args.sizes = args.sizes or ([256] if args.elpips else [512, 1024])
     print(f"backend: {jax.default_backend()}, batch {args.batch}, float32, MiB")
-    print(f"| {'net':5} | {'size':>9} | {'function':16} | {'kept':>8} | {'temp':>8} |")
-    print(f"|{'-' * 7}|{'-' * 11}|{'-' * 18}|{'-' * 10}|{'-' * 10}|")
+    print(f"| {'net':6} | {'size':>9} | {'function':16} | {'kept':>8} | {'temp':>8} |")
+    print(f"|{'-' * 8}|{'-' * 11}|{'-' * 18}|{'-' * 10}|{'-' * 10}|")
     for net in args.nets:
         for size in args.sizes:
             t0 = time.perf_counter()
-            for name, kept, temp in measure(net, size, args.batch):
+            for name, kept, temp in rows(net, size):
                 k = "-" if kept is None else f"{kept:8.1f}"
                 print(
-                    f"| {net:5} | {size:>4}x{size:<4} | {name:16} | {k:>8} | {temp:8.1f} |",
+                    f"| {net:6} | {size:>4}x{size:<4} | {name:16} | {k:>8} | {temp:8.1f} |",
                     flush=True,
                 )
             print(f"  ({net} {size}: compiled in {time.perf_counter() - t0:.0f} s)", flush=True)

@@ -29,10 +29,11 @@ so ``distance(p, x, y, key=k, samples=n)`` is the mean over ``i`` of
 ``jax.random.split(key)`` gives the transformation key and the dropout key.
 
 Static shapes: the image size after downsampling depends on the level, so a draw is a
-``lax.switch`` over the levels (one branch runs; each returns the ``(N,)`` distance), and
-``samples`` draws a ``lax.scan`` over draws whose body is rematerialised: memory does not
-grow with ``samples``, also under ``grad``. Under ``vmap`` over keys the level is batched
-and every branch runs (a select); under ``vmap`` over images it is not.
+``lax.switch`` over the levels (one branch runs; each returns the ``(14, N)`` per-tap
+terms), and ``samples`` draws a ``lax.scan`` over draws whose body is rematerialised:
+memory does not grow with ``samples`` (but for each draw's 14 terms a pair), also under
+``grad``. Under ``vmap`` over keys the level is batched and every branch runs (a select);
+under ``vmap`` over images it is not.
 
 Image size: at level ``s`` an image of side ``n`` becomes ``(n + 2 s - 2) // s`` pixels and
 must keep 9 (the offset pad of 7, then VGG's four 2x2 pools), so ``min(H, W)`` must be at
@@ -523,9 +524,12 @@ def _distance_core(params, xb, yb, key, *, samples, normalize, dropout, dtype, r
     if samples == 1:
         terms = one(key)
     else:
-        body = jax.checkpoint(lambda total, k: (total + one(k), None))
-        total, _ = lax.scan(body, jnp.zeros((N_TAPS, n), jnp.float32), jax.random.split(key, samples))
-        terms = total / samples
+        # The draws' (14, N) terms stacked, not summed in a carry: a zero carry would be
+        # replicated where the terms vary (a shard_map over the batch refuses that), and
+        # the stack is 56 bytes a pair a draw beside the network's activations.
+        body = jax.checkpoint(lambda carry, k: (carry, one(k)))
+        _, terms = lax.scan(body, None, jax.random.split(key, samples))
+        terms = jnp.mean(terms, axis=0)
     xs, ys = jnp.broadcast_arrays(xb, yb)
     return _zero_identical(tuple(terms), xs, ys)
 

@@ -9,6 +9,11 @@ work (:func:`share`, :func:`block`), computes on its own devices, and the result
 :func:`exchange`, where every process receives every process's JSON payload;
 :func:`agree` ends a run with the same exit code everywhere. With one process nothing
 here communicates.
+
+A random metric (E-LPIPS) gives a pair a value that depends on the draws of its batch, so
+the commands and BAPPS evaluation score each row alone with a key of its own
+(:func:`row_distances`): its value does not depend on the batch, the devices or the
+processes that computed it.
 """
 
 from __future__ import annotations
@@ -55,6 +60,55 @@ class LocalDevices:
     def replicate(self, tree: Any) -> Any:
         """``tree`` (e.g. params) with a copy of every leaf on every device."""
         return jax.device_put(tree, self._replicated)
+
+
+def row_distances(
+    params: Any,
+    key: Any,
+    rows: Any,
+    *pairs: tuple[Any, Any],
+    samples: int,
+    normalize: bool = False,
+    mesh: Mesh | None = None,
+) -> tuple[jax.Array, ...]:
+    """A random metric's distances row by row, each independent of the batch it sits in.
+
+    Row ``n``'s pairs ``(x[n], y[n])`` are each scored as a batch of 1 with the key
+    ``jax.random.fold_in(key, rows[n])``, so that row equals
+    ``distance(params, x[n][None], y[n][None], key=jax.random.fold_in(key, rows[n]),
+    samples=samples)``; the pairs of one row share its key (common random numbers).
+    ``pairs``: ``(x, y)`` tuples of ``(N, H, W, 3)`` images; ``rows``: ``(N,)`` ints.
+    Returns one ``(N,)`` array per pair.
+
+    The rows run one after another (``lax.map``), on each device of ``mesh`` its own share
+    (``shard_map`` over its axis): a ``vmap`` over keys would batch E-LPIPS' scale level
+    and run every level's branch (about twice the work) and, for non-square images, give
+    each row its own copy of the trunk's kernels (its x/y swap).
+    """
+    from lpips_jax._metric import distance
+
+    images = tuple(a for pair in pairs for a in pair)
+
+    def local(params, key, rows, *images):
+        def one(row_and_images):
+            row, *imgs = row_and_images
+            k = jax.random.fold_in(key, row)
+            return tuple(
+                distance(params, x[None], y[None], key=k, samples=samples, normalize=normalize)[0]
+                for x, y in zip(imgs[::2], imgs[1::2], strict=True)
+            )
+
+        return jax.lax.map(one, (rows, *images))
+
+    if mesh is None or mesh.size == 1:
+        return local(params, key, rows, *images)
+    # jax.shard_map from jax 0.7; jax.experimental.shard_map before (the same arguments).
+    smap = getattr(jax, "shard_map", None)
+    if smap is None:
+        from jax.experimental.shard_map import shard_map as smap
+    split = P(AXIS)
+    run = smap(local, mesh=mesh, in_specs=(P(), P(), split, *(split,) * len(images)), out_specs=split)
+    return run(params, key, rows, *images)
 
 
 def pad_rows(a: np.ndarray, size: int) -> np.ndarray:

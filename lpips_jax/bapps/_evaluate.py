@@ -1,9 +1,13 @@
 """Scoring perceptual metrics on BAPPS: 2AFC agreement and JND average precision.
 
 A metric is any callable ``metric(x, y) -> (N,)`` distances for ``x, y`` NHWC float images
-``(N, H, W, 3)`` in ``[-1, 1]``; :class:`~lpips_jax.LPIPSParams` (LPIPS), :func:`l2` and
-:func:`dssim` (the paper's baselines) are built in. Scores follow the official
-``score_2afc_dataset`` / ``score_jnd_dataset`` of ``lpips`` 0.1.4:
+``(N, H, W, 3)`` in ``[-1, 1]``, or the params of a metric of the family (``lpips_jax.load``:
+LPIPS, ST-LPIPS, DISTS, E-LPIPS); :func:`l2` and :func:`dssim` (the paper's baselines) are
+built in. A random metric (E-LPIPS) takes a ``key``: example ``i`` of a subset is scored
+alone with ``jax.random.fold_in(key, i)``, so its value does not depend on the batch, the
+devices or the processes; 2AFC scores both distances of a triplet with its key (common
+random numbers: their comparison has less variance than with independent draws). Scores
+follow the official ``score_2afc_dataset`` / ``score_jnd_dataset`` of ``lpips`` 0.1.4:
 
 - 2AFC: ``mean((d0 < d1) * (1 - judge) + (d1 < d0) * judge + 0.5 * (d0 == d1))``.
 - JND: VOC average precision (not the 2007 11-point variant) of ``same`` ranked by
@@ -29,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import lpips_jax
-from lpips_jax import DISTSParams, LPIPSParams, _checks, _sharding
+from lpips_jax import _checks, _sharding
+from lpips_jax._checks import NETS
+from lpips_jax._metric import _validate_params
 from lpips_jax._outputs import progress_bar
 from lpips_jax.bapps._examples import Examples, to_unit_official
 
@@ -231,7 +237,7 @@ def dssim(x: Any, y: Any, *, colorspace: str = "Lab") -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("pair",))
-def _lpips_batch(params: LPIPSParams | DISTSParams, images: tuple[jax.Array, ...], pair: bool) -> tuple:
+def _lpips_batch(params: Any, images: tuple[jax.Array, ...], pair: bool) -> tuple:
     # `pair`: JND (p0, p1) -> (d,); otherwise 2AFC (ref, p0, p1) -> (d0, d1).
     x = [to_unit_official(a) for a in images]
     if pair:
@@ -249,6 +255,17 @@ def _lpips_batch(params: LPIPSParams | DISTSParams, images: tuple[jax.Array, ...
     return lpips_jax.distance_from_features(params, fr, f0), lpips_jax.distance_from_features(params, fr, f1)
 
 
+@functools.partial(jax.jit, static_argnames=("pair", "samples", "mesh"))
+def _random_batch(
+    params: Any, key: Any, images: tuple, rows: Any, *, pair: bool, samples: int, mesh: Any
+) -> tuple:
+    """A random metric's ``(d,)`` (JND) or ``(d0, d1)`` (2AFC): example ``n`` alone with the
+    key ``fold_in(key, rows[n])``, one key for both distances of a triplet; split over ``mesh``."""
+    x = [to_unit_official(a) for a in images]
+    pairs = [(x[0], x[1])] if pair else [(x[0], x[1]), (x[0], x[2])]
+    return _sharding.row_distances(params, key, rows, *pairs, samples=samples, mesh=mesh)
+
+
 def _callable_batch(metric: Metric, jit: bool) -> Callable:
     def run(images: tuple, pair: bool) -> tuple:
         x = [to_unit_official(a) for a in images]
@@ -259,18 +276,26 @@ def _callable_batch(metric: Metric, jit: bool) -> Callable:
     return jax.jit(run, static_argnames=("pair",)) if jit else run
 
 
-def _batcher(metric: Any, jit: bool, dev: _sharding.LocalDevices) -> Callable:
-    """``run(images, pair)`` on a batch of numpy images, split over ``dev``'s devices."""
-    if isinstance(metric, (LPIPSParams, DISTSParams)):
-        local_params = dev.replicate(metric)
-        return lambda images, pair: _lpips_batch(local_params, dev.put(*images), pair)
-    if not callable(metric):
-        raise TypeError(
-            f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable "
-            "(x, y) -> (N,) distances, or one of 'lpips', 'baseline', 'l2', 'ssim'"
+def _batcher(metric: Any, jit: bool, dev: _sharding.LocalDevices, key: Any, samples: int) -> Callable:
+    """``run(images, pair, rows)`` on a batch of numpy images, split over ``dev``'s devices;
+    ``rows``: the examples' indices in their subset (the keys of a random metric's draws).
+    ``metric``: a callable or validated params (:func:`resolve_metric`)."""
+    if callable(metric):
+        run = _callable_batch(metric, jit)
+        return lambda images, pair, rows: run(dev.put(*images), pair)
+    local_params = dev.replicate(metric)
+    if getattr(metric, "random", False):
+        local_key = dev.replicate(key)
+        return lambda images, pair, rows: _random_batch(
+            local_params,
+            local_key,
+            dev.put(*images),
+            *dev.put(rows),
+            pair=pair,
+            samples=samples,
+            mesh=dev.mesh,
         )
-    run = _callable_batch(metric, jit)
-    return lambda images, pair: run(dev.put(*images), pair)
+    return lambda images, pair, rows: _lpips_batch(local_params, dev.put(*images), pair)
 
 
 def _distances(
@@ -288,7 +313,8 @@ def _distances(
         batch = examples.get(rows[lo : lo + batch_size])
         n = len(batch[examples.label])
         labels.append(batch[examples.label].astype(np.float64))
-        res = run(tuple(_sharding.pad_rows(batch[p], batch_size) for p in examples.parts), pair)
+        index = _sharding.pad_rows(np.asarray(rows[lo : lo + batch_size], np.int32), batch_size)
+        res = run(tuple(_sharding.pad_rows(batch[p], batch_size) for p in examples.parts), pair, index)
         if not outs:
             outs = [[] for _ in res]
         for acc, r in zip(outs, res, strict=False):
@@ -324,19 +350,14 @@ def _shared_distances(
 def resolve_metric(
     metric: Any, *, net: str = "alex", version: str = "0.1", variant: str = "vanilla"
 ) -> tuple[Any, str]:
-    """A metric spec to ``(metric, name)``: params, callable, or a name.
+    """A metric spec to ``(metric, name)``: params (validated), a callable, or a name.
 
-    Names: ``"lpips"`` (``load(net, version, variant=variant)``; ``net="dists"`` for DISTS),
-    ``"baseline"`` (``lpips=False``), ``"l2"``, ``"ssim"`` (Lab; ``"l2-rgb"``, ``"ssim-rgb"``
-    for RGB).
+    Names: ``"lpips"`` (``load(net, version, variant=variant)``; ``net="dists"`` for DISTS,
+    ``"elpips"`` for E-LPIPS), ``"baseline"`` (``lpips=False``), ``"l2"``, ``"ssim"`` (Lab;
+    ``"l2-rgb"``, ``"ssim-rgb"`` for RGB).
     """
     from lpips_jax import load
 
-    if isinstance(metric, DISTSParams):
-        return metric, "dists"
-    if isinstance(metric, LPIPSParams):
-        name = "lpips" if metric.lpips else "baseline"
-        return metric, name if metric.variant == "vanilla" else f"st-{name}"
     if isinstance(metric, str):
         named = {
             "l2": functools.partial(l2, colorspace="Lab"),
@@ -344,8 +365,8 @@ def resolve_metric(
             "ssim": functools.partial(dssim, colorspace="Lab"),
             "ssim-rgb": functools.partial(dssim, colorspace="RGB"),
         }
-        if metric == "lpips" and net == "dists":
-            return load("dists"), "dists"
+        if metric == "lpips" and net in ("dists", "elpips"):
+            return resolve_metric(load(net))
         if metric == "lpips":
             return resolve_metric(load(net, version, variant=variant))
         if metric == "baseline":
@@ -354,11 +375,35 @@ def resolve_metric(
             return named[metric], metric
         raise ValueError(
             f"metric={metric!r} is not known: expected 'lpips', 'baseline', "
-            f"{', '.join(map(repr, named))}, LPIPSParams or a callable"
+            f"{', '.join(map(repr, named))}, params from lpips_jax.load or a callable"
         )
     if callable(metric):
         return metric, getattr(metric, "__name__", type(metric).__name__)
-    raise TypeError(f"metric has type {type(metric).__name__}: expected LPIPSParams, a callable or a name")
+    try:
+        params = _validate_params(metric)
+    except TypeError:
+        raise TypeError(
+            f"metric has type {type(metric).__name__}: expected params from lpips_jax.load, a "
+            "callable (x, y) -> (N,) distances or a name ('lpips', 'baseline', 'l2', 'ssim', ...)"
+        ) from None
+    if params.net not in NETS:  # DISTS, E-LPIPS: their own names
+        return params, params.net
+    name = "lpips" if params.lpips else "baseline"
+    return params, name if params.variant == "vanilla" else f"st-{name}"
+
+
+def _check_draws(metric: Any, name: str, key: Any, samples: Any) -> None:
+    """A random metric needs a key; the others take none (as ``lpips_jax.distance``)."""
+    if getattr(metric, "random", False) and key is None:
+        raise ValueError(
+            f"metric {name!r} is random: pass key=jax.random.key(seed) (example i of a subset "
+            "is scored with jax.random.fold_in(key, i))"
+        )
+    if not getattr(metric, "random", False) and (key is not None or samples != 1):
+        raise ValueError(
+            f"metric {name!r} is deterministic: it takes no key and samples=1 (got "
+            f"key={'given' if key is not None else None}, samples={samples!r}); they are for E-LPIPS"
+        )
 
 
 def _subsets(config: str, split: str, subsets: Iterable[str] | None, prepared: tuple[str, ...]):
@@ -392,14 +437,17 @@ def evaluate(
     progress: bool | None = False,
     return_distances: bool = False,
     devices: int | None = None,
+    key: Any = None,
+    samples: int = 1,
 ) -> dict:
     """Score a metric on BAPPS: 2AFC per subset and JND per subset, with their means.
 
     Args:
-      metric: :class:`LPIPSParams`, a callable ``(x, y) -> (N,)`` (NHWC float in
-        ``[-1, 1]``, jittable unless ``jit=False``), or a name: ``"lpips"``, ``"baseline"``,
-        ``"l2"``, ``"ssim"``, ``"l2-rgb"``, ``"ssim-rgb"`` (``net``/``version``/``variant``
-        choose LPIPS or ST-LPIPS; ``net="dists"`` with ``"lpips"``: DISTS).
+      metric: params from :func:`lpips_jax.load` (LPIPS, ST-LPIPS, DISTS, E-LPIPS), a
+        callable ``(x, y) -> (N,)`` (NHWC float in ``[-1, 1]``, jittable unless
+        ``jit=False``), or a name: ``"lpips"``, ``"baseline"``, ``"l2"``, ``"ssim"``,
+        ``"l2-rgb"``, ``"ssim-rgb"`` (``net``/``version``/``variant`` choose LPIPS or
+        ST-LPIPS; ``net="dists"`` or ``"elpips"`` with ``"lpips"``: DISTS, E-LPIPS).
       data: the BAPPS manual directory (tarballs or official folder); it is prepared into
         ``data_dir`` first (a no-op when done). ``None``: use what ``data_dir`` holds.
       data_dir: tensorflow-datasets data directory (default: tfds' own).
@@ -415,6 +463,12 @@ def evaluate(
         of them); ``batch_size`` is rounded up to a multiple of it. Under
         ``jax.distributed``, every process calls ``evaluate`` with the same arguments,
         scores a block of each subset on its own devices, and gets the scores of all.
+      key: a ``jax.random`` key, required by a random metric (E-LPIPS), refused by the
+        others. Example ``i`` of a subset (its index in the subset's order) is scored as a
+        batch of 1 with ``jax.random.fold_in(key, i)``: its value does not depend on
+        ``batch_size``, ``devices`` or the processes. 2AFC scores ``d(ref, p0)`` and
+        ``d(ref, p1)`` with the same key (common random numbers), JND each pair with its own.
+      samples: a random metric's draws per distance (their mean); 1 for the others.
 
     Returns:
       ``{"2afc": {subset: score, ..., "mean": m}, "jnd": {...}, "metric": name,
@@ -436,8 +490,9 @@ def evaluate(
             raise ValueError("JND has no train split: use split='val' or tasks=('2afc',)")
         tasks = tuple(t for t in tasks if t != "jnd")
     metric, name = resolve_metric(metric, net=net, version=version, variant=variant)
+    _check_draws(metric, name, key, samples)
     dev = _sharding.LocalDevices(devices)
-    run = _batcher(metric, jit, dev)
+    run = _batcher(metric, jit, dev, key, samples)
     if data is not None:
         found = bapps.available(data)
         configs = tasks if explicit else tuple(t for t in tasks if t in found)
@@ -492,9 +547,9 @@ def evaluate(
         result[task] = scores
         dists[task] = per
     result["metric"] = name
-    is_lpips = isinstance(metric, LPIPSParams)
-    result["net"] = metric.net if is_lpips else None
-    result["version"] = metric.version if is_lpips and metric.lpips else None
+    is_params = not callable(metric)
+    result["net"] = metric.net if is_params else None
+    result["version"] = metric.version if is_params and getattr(metric, "lpips", True) else None
     if return_distances:
         result["distances"] = dists
     return result

@@ -1,5 +1,10 @@
 """``lpips-jax``: LPIPS distances of image files from the shell, and BAPPS evaluation/training.
 
+``--net``: ``alex`` (default), ``vgg``, ``squeeze`` (LPIPS; ``--variant shift_tolerant``:
+ST-LPIPS), ``dists`` (DISTS) or ``elpips`` (E-LPIPS: random, ``--samples``, ``--seed``,
+``--scale-levels``; row ``i`` of ``dirs``, ``allpairs`` and ``eval`` draws on
+``fold_in(key(seed), i)``).
+
 Commands (each has ``--help``; ``docs/cli.md`` is the reference)::
 
     lpips-jax dist A B [--json]                 distance of two images (stdout: the number)
@@ -59,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lpips-jax`` argument parser, with one subparser per command."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="LPIPS perceptual distance of image files (JAX port of lpips 0.1.4).",
+        description="LPIPS perceptual distance of image files (JAX port of lpips 0.1.4), and "
+        "ST-LPIPS, DISTS, E-LPIPS (--net).",
         epilog="exit codes: 0 ok, 1 some inputs failed, 2 usage error. "
         f"'{PROG} COMMAND --help' describes a command.",
     )

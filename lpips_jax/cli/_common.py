@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lpips_jax import _elpips
 from lpips_jax._outputs import atomic_file, progress_bar
 
 __all__ = ["atomic_file"]
@@ -122,20 +123,28 @@ def host_port(text: str) -> str:
 
 
 WEIGHTS_HELP = "params file written by convert or by training"
+# E-LPIPS' options and their values when not given (scale_levels: the official elpips_vgg's).
+ELPIPS_DEFAULTS = {"samples": 1, "seed": 0, "scale_levels": _elpips.LEVELS}
 
 
 def model_options(
-    *, net: str | None = None, version: str | None = None, weights: str | None = WEIGHTS_HELP
+    *,
+    net: str | None = None,
+    version: str | None = None,
+    weights: str | None = WEIGHTS_HELP,
+    random: bool = True,
 ) -> argparse.ArgumentParser:
-    """``--net``, ``--version``, ``--variant`` and, unless ``weights`` (its help) is ``None``,
-    ``--weights``."""
+    """``--net``, ``--version``, ``--variant``; ``--weights`` unless ``weights`` (its help) is
+    ``None``; with ``random``, E-LPIPS' ``--samples``, ``--seed`` and ``--scale-levels``
+    (default ``None``, so that :func:`check_model_options` tells given from not given)."""
     from lpips_jax._checks import NETS, VARIANTS, VERSIONS
 
     parent = argparse.ArgumentParser(add_help=False)
     g = parent.add_argument_group("model")
     g.add_argument(
-        "--net", choices=(*NETS, "dists"), default=net, help="LPIPS trunk, or dists for DISTS (default: alex)"
-    )
+        "--net", choices=(*NETS, "dists", "elpips"), default=net,
+        help="LPIPS trunk, dists for DISTS or elpips for E-LPIPS (default: alex)",
+    )  # fmt: skip
     g.add_argument(
         "--version", choices=VERSIONS, default=version, help="LPIPS head weights version (default: 0.1)"
     )
@@ -145,6 +154,22 @@ def model_options(
     )  # fmt: skip
     if weights is not None:
         g.add_argument("--weights", metavar="FILE", help=weights)
+    if random:
+        e = parent.add_argument_group("E-LPIPS (with --net elpips only)")
+        e.add_argument(
+            "--samples", type=positive_int, metavar="N",
+            help=f"random draws averaged per distance (default: {ELPIPS_DEFAULTS['samples']})",
+        )  # fmt: skip
+        e.add_argument(
+            "--seed", type=nonnegative_int, metavar="S",
+            help=f"seed of the draws' keys (default: {ELPIPS_DEFAULTS['seed']})",
+        )  # fmt: skip
+        e.add_argument(
+            "--scale-levels", type=positive_int, metavar="L",
+            help="scale levels; images need min(H, W) >= 7 L + 2 (default: "
+            f"{ELPIPS_DEFAULTS['scale_levels']}, the official elpips_vgg; the official size rule "
+            "is max(1, min(H, W) // 64))",
+        )  # fmt: skip
     return parent
 
 
@@ -255,19 +280,68 @@ def start_parallel(args: argparse.Namespace) -> None:
 # Checks before any computing.
 
 
+def check_model_options(args: argparse.Namespace) -> None:
+    """The model options together (exit 2 naming the clash). DISTS and E-LPIPS take no
+    ``--version`` or ``--variant``, E-LPIPS no ``--weights`` (``lpips_jax.load("elpips")``
+    reads no file); E-LPIPS' options go with ``--net elpips`` only (as in the library, a
+    deterministic metric takes no seed or samples), where their defaults are filled in."""
+    net = args.net or "alex"
+    lpips_only = [f"--version {args.version}"] if args.version not in (None, "0.1") else []
+    lpips_only += [f"--variant {args.variant}"] if args.variant != "vanilla" else []
+    if net in ("dists", "elpips") and lpips_only:
+        raise UsageError(
+            f"{' '.join(lpips_only)}: --net {net} takes no --version or --variant (they choose LPIPS weights)"
+        )
+    if net == "elpips" and getattr(args, "weights", None):
+        raise UsageError(
+            f"--weights {args.weights}: --net elpips takes no weights file; E-LPIPS uses the "
+            "weights it ships (lpips_jax.load('elpips') reads no file)"
+        )
+    given = [n for n in ELPIPS_DEFAULTS if getattr(args, n, None) is not None]
+    if net != "elpips" and given:
+        flags = " ".join(f"--{n.replace('_', '-')} {getattr(args, n)}" for n in given)
+        raise UsageError(
+            f"{flags}: E-LPIPS options, for --net elpips only; --net {net} is deterministic "
+            "(it takes no seed, samples or scale levels)"
+        )
+    if net == "elpips":
+        for n, default in ELPIPS_DEFAULTS.items():
+            if getattr(args, n, None) is None:
+                setattr(args, n, default)
+
+
 def load_params(args: argparse.Namespace) -> Any:
     import lpips_jax
 
+    check_model_options(args)
     try:
+        if args.net == "elpips":
+            return lpips_jax.load("elpips").replace(scale_levels=args.scale_levels)
         if args.net == "dists":
-            if args.version not in (None, "0.1") or args.variant != "vanilla":
-                raise ValueError("--net dists takes no --version or --variant")
             return lpips_jax.load("dists", path=args.weights)
         if args.weights:
             return lpips_jax.load(args.net, version=args.version, variant=args.variant, path=args.weights)
         return lpips_jax.load(args.net or "alex", version=args.version or "0.1", variant=args.variant)
     except (lpips_jax.WeightsError, FileNotFoundError, ValueError) as e:
         raise UsageError(f"cannot load weights: {e}") from e
+
+
+def draws(args: argparse.Namespace, params: Any) -> dict[str, Any]:
+    """``lpips_jax.distance``'s ``key`` and ``samples`` for a random metric (E-LPIPS):
+    ``jax.random.key(--seed)`` and ``--samples``; ``{}`` for a deterministic one."""
+    if not getattr(params, "random", False):
+        return {}
+    import jax
+
+    return {"key": jax.random.key(args.seed), "samples": args.samples}
+
+
+def draws_record(args: argparse.Namespace, params: Any) -> dict[str, Any]:
+    """What a random metric's numbers depend on beside its net, for JSON outputs:
+    ``samples``, ``seed``, ``scale_levels`` (``{}`` for a deterministic metric)."""
+    if not getattr(params, "random", False):
+        return {}
+    return {"samples": args.samples, "seed": args.seed, "scale_levels": params.scale_levels}
 
 
 def check_output(path: str | None, what: str) -> None:

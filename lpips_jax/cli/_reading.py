@@ -3,8 +3,10 @@
 Every image is read by :func:`lpips_jax.io.read_pixels` (what :func:`lpips_jax.read_image`
 reads, before the scaling to ``[0, 1]``) and compared by one ``jax.jit`` of
 ``lpips_jax.distance(params, to_unit(x), to_unit(y), normalize=True)`` (``distance_map``
-for ``map``), so the numbers printed equal the library's on ``read_image`` arrays. 8-bit
-pairs travel to the device as uint8 (a quarter of the bytes) and are scaled there.
+for ``map``; E-LPIPS in ``dirs`` and ``allpairs``: each pair alone with its row's key,
+:func:`_row_distances01`), so the numbers printed equal the library's on ``read_image``
+arrays. 8-bit pairs travel to the device as uint8 (a quarter of the bytes) and are scaled
+there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import jax
 import numpy as np
 
 import lpips_jax
+from lpips_jax import _elpips
 from lpips_jax import io as lio
+from lpips_jax._sharding import row_distances
 from lpips_jax.cli._common import err
 
 
@@ -29,9 +33,22 @@ class PairFailure(Exception):
 # The jitted computations: params are an argument (not constants); one compile per shape.
 
 
-def _distance01(params: lpips_jax.LPIPSParams, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``(N,)`` distances of ``(N, H, W, 3)`` pixels (uint8, or float32 in ``[0, 1]``)."""
-    return lpips_jax.distance(params, lio.to_unit(x), lio.to_unit(y), normalize=True)
+def _distance01(params: Any, x: jax.Array, y: jax.Array, key: Any = None, *, samples: int = 1) -> jax.Array:
+    """``(N,)`` distances of ``(N, H, W, 3)`` pixels (uint8, or float32 in ``[0, 1]``); a
+    random metric (E-LPIPS) takes ``key`` and ``samples`` (its draws are over the batch)."""
+    return lpips_jax.distance(
+        params, lio.to_unit(x), lio.to_unit(y), normalize=True, key=key, samples=samples
+    )
+
+
+def _row_distances01(
+    params: Any, x: jax.Array, y: jax.Array, rows: jax.Array, key: Any, *, samples: int, mesh: Any
+) -> jax.Array:
+    """A random metric's ``(N,)`` distances of ``(N, H, W, 3)`` pixels split over ``mesh``:
+    pair ``n`` alone with the key ``fold_in(key, rows[n])`` (:func:`lpips_jax._sharding.row_distances`)."""
+    xy = (lio.to_unit(x), lio.to_unit(y))
+    (d,) = row_distances(params, key, rows, xy, samples=samples, normalize=True, mesh=mesh)
+    return d
 
 
 def _map01(params: lpips_jax.LPIPSParams, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -57,7 +74,8 @@ def _cross(params: lpips_jax.LPIPSParams, fa: tuple, fb: tuple) -> jax.Array:
     return jax.lax.map(row, fa)
 
 
-distance_jit = jax.jit(_distance01)
+distance_jit = jax.jit(_distance01, static_argnames="samples")
+row_distance_jit = jax.jit(_row_distances01, static_argnames=("samples", "mesh"))
 map_jit = jax.jit(_map01)
 features_jit = jax.jit(features01)
 cross_jit = jax.jit(_cross)
@@ -93,13 +111,35 @@ def parse_resize(text: str) -> str | tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def check_min_size(path: str, a: np.ndarray, net: str) -> None:
-    m = lpips_jax.min_size(net)
+def check_min_size(path: str, a: np.ndarray, params: Any) -> None:
+    """Fail (:class:`PairFailure`) when image ``a`` of ``path`` is smaller than the metric allows."""
+    if getattr(params, "random", False):  # E-LPIPS: the size depends on --scale-levels
+        _check_elpips_size(path, a, params.scale_levels)
+        return
+    m = lpips_jax.min_size(params.trunk_net)
     if a.shape[0] < m or a.shape[1] < m:
         raise PairFailure(
-            f"{path} is {_wxh(a)}: net {net!r} needs images of at least {m}x{m} pixels "
+            f"{path} is {_wxh(a)}: net {params.net!r} needs images of at least {m}x{m} pixels "
             f"(minimum sizes: " + ", ".join(f"{n} {lpips_jax.min_size(n)}" for n in lpips_jax.NETS) + ")"
         )
+
+
+def _check_elpips_size(path: str, a: np.ndarray, levels: int) -> None:
+    side, m, least = min(a.shape[:2]), _elpips.min_size(levels), _elpips.min_size(1)
+    if side >= m:
+        return
+    if side < least:
+        hint = f"E-LPIPS needs at least {least}x{least} even with --scale-levels 1"
+    else:
+        rule = _elpips.levels_for_size(*a.shape[:2])
+        hint = (  # the most levels that fit: 7 L + 2 <= side
+            f"give --scale-levels {(side - 2) // 7} or fewer (the official rule, "
+            f"max(1, min(H, W) // 64), gives {rule})"
+        )
+    raise PairFailure(
+        f"{path} is {_wxh(a)}: E-LPIPS with --scale-levels {levels} needs images of at least "
+        f"{m}x{m} pixels (7 * levels + 2); {hint}"
+    )
 
 
 def device_pixels(a: np.ndarray) -> np.ndarray:
@@ -108,7 +148,7 @@ def device_pixels(a: np.ndarray) -> np.ndarray:
 
 
 def read_pair(
-    path_a: str, path_b: str, *, resize: Any, net: str
+    path_a: str, path_b: str, *, resize: Any, params: Any
 ) -> tuple[np.ndarray, np.ndarray, list[lio.ImageInfo]]:
     """Read two images for comparison: two ``(H, W, 3)`` arrays of the same shape and dtype.
 
@@ -116,7 +156,7 @@ def read_pair(
     ``read_image`` of its file. ``resize``: ``None`` (sizes must match), ``"a"`` (B
     resized to A's size), ``"b"`` (A to B's) or ``(width, height)`` (both). Raises
     :class:`lpips_jax.io.ImageError` or :class:`PairFailure` (different sizes, smaller
-    than the net's minimum).
+    than the minimum of the metric ``params``).
     """
     if resize == "b":
         b, ib = lio.read_pixels(path_b, return_info=True)
@@ -134,7 +174,7 @@ def read_pair(
             f"sizes differ: {path_a} is {_wxh(a)} but {path_b} is {_wxh(b)} (width x height); "
             "pass --resize a (B to A's size), --resize b (A to B's) or --resize WxH"
         )
-    check_min_size(path_a, a, net)
+    check_min_size(path_a, a, params)
     return a, b, [ia, ib]
 
 

@@ -4,7 +4,9 @@
 (the exit code). The library code (:mod:`lpips_jax.bapps`: ``evaluate``, ``train``) and
 tensorflow-datasets are imported only when a command runs.
 ``eval`` splits each batch over the local devices and, under ``jax.distributed``, each
-subset over the processes; process 0 prints and writes.
+subset over the processes; process 0 prints and writes. E-LPIPS (``--net elpips``) scores
+example ``i`` of a subset with the key ``fold_in(key(--seed), i)``, whatever the batch
+(:func:`lpips_jax.bapps.evaluate`'s ``key``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from lpips_jax.cli._common import (
     InputError,
     UsageError,
     atomic_file,
+    check_model_options,
     check_output,
+    draws,
+    draws_record,
     err,
     existing_folder,
     is_writer,
+    load_params,
     model_options,
     nonnegative_int,
     parallel_options,
@@ -62,7 +68,10 @@ def _add_eval(subparsers, progress) -> None:
         parents=[_data_options(), model, progress, parallel_options()],
         help="score a metric on BAPPS (2AFC and JND), as the paper's table",
         description="Score LPIPS (or a baseline) on BAPPS: 2AFC agreement and JND mAP per "
-        "subset, as the official test_dataset_model.py.",
+        "subset, as the official test_dataset_model.py. E-LPIPS (--net elpips): example i "
+        "of a subset (0-based, in the dataset's order) is scored alone with the key "
+        "jax.random.fold_in(jax.random.key(SEED), i), whatever the batch; a 2AFC triplet's "
+        "two distances share that key (common random numbers), a JND pair has its own.",
     )
     p.add_argument("--metric", default="lpips", choices=METRICS, help="default: lpips")
     p.add_argument(
@@ -76,7 +85,7 @@ def _add_eval(subparsers, progress) -> None:
 
 
 def _add_train(subparsers, progress) -> None:
-    model = model_options(net="alex", version="0.1", weights=None)
+    model = model_options(net="alex", version="0.1", weights=None, random=False)
     p = subparsers.add_parser(
         "train",
         parents=[_data_options(), model, progress],
@@ -132,8 +141,13 @@ def run_eval(args: argparse.Namespace) -> int:
     _check_data(args)
     if is_writer():
         check_output(args.json, "--json")
+    check_model_options(args)
+    if args.net == "elpips" and args.metric != "lpips":
+        raise UsageError(
+            f"--metric {args.metric}: --net elpips scores E-LPIPS, with --metric lpips (the default)"
+        )
+    metric = load_params(args) if args.net == "elpips" else args.metric
     try:
-        metric = args.metric
         if args.weights:
             metric = load(path=args.weights, lpips=args.metric != "baseline")
         result = evaluate(
@@ -149,9 +163,11 @@ def run_eval(args: argparse.Namespace) -> int:
             variant=args.variant,
             progress=args.progress if is_writer() else False,
             devices=args.local.count,
+            **draws(args, metric),
         )
     except (BappsDataError, WeightsError, FileNotFoundError, ValueError, ImportError) as e:
         raise _failed(e) from e
+    result.update(draws_record(args, metric))
     print(format_table(result))
     if args.json and is_writer():
         with atomic_file(args.json, "w") as f:
@@ -164,10 +180,10 @@ def run_train(args: argparse.Namespace) -> int:
     from lpips_jax.bapps import BappsDataError, train
     from lpips_jax.bapps._train import EXPORT_HINT
 
-    if args.net == "dists" or args.variant != "vanilla":
+    if args.net in ("dists", "elpips") or args.variant != "vanilla":
         raise UsageError(
             f"train fits LPIPS heads on torchvision's trunks: --net {args.net} --variant {args.variant} "
-            "is not trainable here (DISTS and ST-LPIPS ship their published weights)"
+            "is not trainable here (DISTS, E-LPIPS and ST-LPIPS ship their published weights)"
         )
     if args.epochs + args.epochs_decay < 1:
         raise UsageError(

@@ -6,6 +6,11 @@ size at a time, so each size compiles once; each batch is split over the local d
 the pairs, the shares meet in one exchange, and process 0 writes the CSV. An unreadable
 image is reported at the end (``--keep-going``, the default; exit 1) or stops the run with
 nothing written (``--no-keep-going``).
+
+E-LPIPS (``--net elpips``) scores each pair alone (a batch of 1) with the key
+``jax.random.fold_in(jax.random.key(--seed), i)``, ``i`` the pair's index in the command's
+list of pairs (the CSV's row order when nothing fails), so a row's value does not depend on
+``--batch-size``, ``--devices``, the processes or the other pairs of its batch.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from lpips_jax.cli._reading import (
     features01,
     features_jit,
     read_pair,
+    row_distance_jit,
 )
 
 DEFAULT_BATCH = 16
@@ -72,7 +78,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="distances of same-named images in two folders",
         description="Compare every image file name present in both folders. CSV name,distance "
         "sorted by name (to -o, else stdout), then the mean alone on the last line of stdout. "
-        "Names present in one folder only are listed on stderr.",
+        "Names present in one folder only are listed on stderr. E-LPIPS (--net elpips): the "
+        "pair of row i (0-based, in name order, of the names in both folders) is "
+        "lpips_jax.distance(params, a, b, key=jax.random.fold_in(jax.random.key(SEED), i), "
+        "samples=N), whatever the batch.",
     )
     p.add_argument("dir0", metavar="DIR0")
     p.add_argument("dir1", metavar="DIR1")
@@ -84,7 +93,10 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="distances of every pair of images in one folder",
         description="Compare every unordered pair of images in DIR (features are computed "
         "once per image). CSV a,b,distance (to -o, else stdout), then 'Avg: mean +/- "
-        "stderr' as the official lpips_1dir_allpairs.py, and the mean alone on the last line.",
+        "stderr' as the official lpips_1dir_allpairs.py, and the mean alone on the last line. "
+        "E-LPIPS (--net elpips) scores each pair directly: pair i (0-based, in the CSV's "
+        "order; with --consecutive, names i and i+1) is lpips_jax.distance(params, a, b, "
+        "key=jax.random.fold_in(jax.random.key(SEED), i), samples=N), whatever the batch.",
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument(
@@ -96,7 +108,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "--max-feature-mb",
         type=positive_float,
         default=DEFAULT_FEATURE_MB,
-        help=f"memory for cached features before working block by block (default: {DEFAULT_FEATURE_MB})",
+        help="memory for cached features before working block by block (default: "
+        f"{DEFAULT_FEATURE_MB}; E-LPIPS caches none)",
     )
     p.set_defaults(func=cmd_allpairs)
 
@@ -168,11 +181,13 @@ def _report_failures(failures: dict[Any, str], label: Callable[[Any], str]) -> N
 def _run_pairs(
     args: argparse.Namespace,
     params: lpips_jax.LPIPSParams,
-    pairs: list[tuple[Any, str, str]],
+    pairs: list[tuple[int, Any, str, str]],
     desc: str,
     batch: int,
 ) -> tuple[dict, dict, Notes]:
-    """Distances of ``pairs`` = ``[(key, path_a, path_b)]``: ``(results, failures, notes)``.
+    """Distances of ``pairs`` = ``[(row, key, path_a, path_b)]``: ``(results, failures,
+    notes)`` by ``key``. ``row``: the pair's index in the command's whole list of pairs, the
+    key of a random metric's draws (:func:`_reading._row_distances01`).
 
     ``batch``: pairs per batch before rounding to the devices (the same on every process,
     so that every process compiles the same shapes). Raises ``PairFailure`` at the first
@@ -202,18 +217,30 @@ def _run_pairs(
             if not args.keep_going:
                 raise PairFailure(msg)
 
-        batches = Batches(lambda x, y: distance_jit(local_params, *dev.put(x, y)), bs, done, failed)
+        if getattr(params, "random", False):
+            base = dev.replicate(jax.random.key(args.seed))
+
+            def compute(x, y, rows):
+                return row_distance_jit(
+                    local_params, *dev.put(x, y, rows), base, samples=args.samples, mesh=dev.mesh
+                )
+        else:
+
+            def compute(x, y, rows):
+                return distance_jit(local_params, *dev.put(x, y))
+
+        batches = Batches(compute, bs, done, failed)
 
         def read(p: tuple) -> tuple:
-            return read_pair(p[1], p[2], resize=args.resize, net=params.trunk_net)
+            return read_pair(p[2], p[3], resize=args.resize, params=params)
 
-        for (key, _, _), res, error in prefetch(pool, read, pairs, window=max(8, 4 * bs)):
+        for (row, key, _, _), res, error in prefetch(pool, read, pairs, window=max(8, 4 * bs)):
             if error is not None:
                 failed([key], str(error))
                 continue
             x, y, infos = res
             notes.add(infos)
-            batches.add(key, (x, y))
+            batches.add(key, (x, y, np.asarray(row, np.int32)))
         batches.flush()
     return results, failures, notes
 
@@ -221,12 +248,14 @@ def _run_pairs(
 def _shared_pairs(
     args: argparse.Namespace, params: lpips_jax.LPIPSParams, pairs: list[tuple[Any, str, str]], desc: str
 ) -> tuple[dict, dict, Notes, str | None]:
-    """:func:`_run_pairs` on this process's share of ``pairs``, then every process's
-    results: ``(results, failures, notes, first --no-keep-going stop or None)``."""
+    """:func:`_run_pairs` on this process's share of ``pairs`` (each with its index in
+    ``pairs``), then every process's results: ``(results, failures, notes, first
+    --no-keep-going stop or None)``."""
     stopped = None
+    rows = [(i, *p) for i, p in enumerate(pairs)]
     try:
         results, failures, notes = _run_pairs(
-            args, params, _sharding.share(pairs), desc, min(args.batch_size, len(pairs))
+            args, params, _sharding.share(rows), desc, min(args.batch_size, len(pairs))
         )
     except PairFailure as e:
         results, failures, notes, stopped = {}, {}, Notes(), str(e)
@@ -273,6 +302,7 @@ def cmd_dirs(args: argparse.Namespace) -> int:
     d0, d1 = existing_folder(args.dir0), existing_folder(args.dir1)
     if is_writer():
         check_output(args.output, "-o")
+    params = load_params(args)
     n0, skip0 = _image_names(d0)
     n1, skip1 = _image_names(d1)
     s0, s1 = set(n0), set(n1)
@@ -286,7 +316,6 @@ def cmd_dirs(args: argparse.Namespace) -> int:
     if not common:
         err(f"{PROG} dirs: error: no image file name is present in both {d0} and {d1}")
         return EXIT_FAILED
-    params = load_params(args)
     pairs = [(n, os.path.join(d0, n), os.path.join(d1, n)) for n in common]
     results, failures, notes, stopped = _shared_pairs(args, params, pairs, "dirs")
     if stopped:
@@ -450,7 +479,7 @@ class _AllPairs:
 
         def read(i: int) -> tuple[np.ndarray, lio.ImageInfo]:
             a, info = lio.read_pixels(self.paths[i], resize=self.args.resize, return_info=True)
-            check_min_size(self.paths[i], a, self.params.trunk_net)
+            check_min_size(self.paths[i], a, self.params)
             return device_pixels(a), info
 
         window = max(8, 4 * self.batch)
@@ -510,6 +539,11 @@ class _AllPairs:
         return out
 
 
+def _unordered_pairs(n: int) -> list[tuple[int, int]]:
+    """Every ``(i, j)``, ``i < j < n``, in name order: the CSV's rows."""
+    return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
 def cmd_allpairs(args: argparse.Namespace) -> int:
     """``allpairs DIR``: every unordered pair of images in the folder, and the mean."""
     folder = existing_folder(args.dir)
@@ -520,15 +554,18 @@ def cmd_allpairs(args: argparse.Namespace) -> int:
         )
     if is_writer():
         check_output(args.output, "-o")
+    params = load_params(args)
     names, skipped = _image_names(folder)
     if skipped:
         err(f"note: skipped {len(skipped)} file(s) that are not images by their extension")
     if len(names) < 2:
         raise UsageError(f"folder {folder!r} holds {len(names)} image file(s): need at least 2")
-    params = load_params(args)
     paths = [os.path.join(folder, n) for n in names]
-    if args.consecutive:
-        pairs = [((names[i], names[i + 1]), paths[i], paths[i + 1]) for i in range(len(names) - 1)]
+    n = len(names)
+    if args.consecutive or getattr(params, "random", False):
+        # Pair by pair: E-LPIPS has no features of one image (each draw transforms a pair).
+        order = [(i, i + 1) for i in range(n - 1)] if args.consecutive else _unordered_pairs(n)
+        pairs = [((names[i], names[j]), paths[i], paths[j]) for i, j in order]
         results, failures, notes, stopped = _shared_pairs(args, params, pairs, "pairs")
         keys = [k for k, _, _ in pairs]
         n_pairs = len(pairs)
@@ -539,19 +576,18 @@ def cmd_allpairs(args: argparse.Namespace) -> int:
             err(f"{PROG} allpairs: error: {stopped} (stopped: --no-keep-going; nothing written)")
             return EXIT_FAILED
         notes = job.notes
-        n = len(names)
         n_pairs = n * (n - 1) // 2
         results = {(names[i], names[j]): v for (i, j), v in job.results.items()}
         failures = {(names[i], names[j]): m for (i, j), m in job.pair_failures().items()}
         bad = job.image_failures
         for i, msg in bad.items():
             err(f"failed: {msg} ({n - 1} pairs with {names[i]} skipped)")
-        index_pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        index_pairs = _unordered_pairs(n)
         keys = [(names[i], names[j]) for i, j in index_pairs]
         for i, j in index_pairs:
             if i in bad or j in bad:
                 failures.setdefault((names[i], names[j]), "unreadable image (see above)")
-    if stopped:  # --consecutive
+    if stopped:  # pair by pair
         err(f"{PROG} allpairs: error: {stopped} (stopped: --no-keep-going; nothing written)")
         return EXIT_FAILED
     notes.report()

@@ -17,6 +17,8 @@ from lpips_jax.cli._common import (
     UsageError,
     atomic_file,
     check_output,
+    draws,
+    draws_record,
     err,
     fmt,
     fraction,
@@ -33,13 +35,17 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "dist",
         parents=parents,
         help="distance of two images",
-        description="Print the LPIPS distance of two images: the number alone on the last line of stdout.",
+        description="Print the LPIPS distance of two images: the number alone on the last line of "
+        "stdout. E-LPIPS (--net elpips) is lpips_jax.distance(params, a, b, "
+        "key=jax.random.key(SEED), samples=N) on the pair (a batch of 1).",
     )
     p.add_argument("a", metavar="A", help="first image")
     p.add_argument("b", metavar="B", help="second image")
     p.add_argument(
-        "--json", action="store_true", help='print {"a", "b", "net", "version", "variant", "distance"}'
-    )
+        "--json", action="store_true",
+        help='print {"a", "b", "net", "version", "variant", "distance"} (E-LPIPS: also "samples", '
+        '"seed", "scale_levels")',
+    )  # fmt: skip
     p.set_defaults(func=cmd_dist)
 
     p = sub.add_parser(
@@ -48,7 +54,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="spatial distance map as a heat map PNG",
         description="Render the spatial distance map (distance_map) of two images as a colour "
         "heat map PNG: one map pixel per image pixel, with a colour bar on the right. Prints "
-        "the map's mean on stdout.",
+        "the map's mean on stdout. Not for DISTS or E-LPIPS (no spatial map).",
     )
     p.add_argument("a", metavar="A")
     p.add_argument("b", metavar="B")
@@ -82,7 +88,7 @@ def _params_and_pair(args: argparse.Namespace) -> tuple:
     dropped alpha channel is noted on stderr."""
     params = load_params(args)
     try:
-        x, y, infos = read_pair(args.a, args.b, resize=args.resize, net=params.trunk_net)
+        x, y, infos = read_pair(args.a, args.b, resize=args.resize, params=params)
     except (lio.ImageError, PairFailure) as e:
         raise InputError(str(e)) from e
     notes = Notes()
@@ -94,10 +100,11 @@ def _params_and_pair(args: argparse.Namespace) -> tuple:
 def cmd_dist(args: argparse.Namespace) -> int:
     """``dist A B``: print the distance (the last line of stdout), or a JSON object."""
     params, x, y = _params_and_pair(args)
-    d = float(np.asarray(distance_jit(params, x[None], y[None]))[0])
+    d = float(np.asarray(distance_jit(params, x[None], y[None], **draws(args, params)))[0])
     if args.json:
         out = {"a": args.a, "b": args.b, "net": params.net, "version": params.version}
         out["variant"] = params.variant
+        out.update(draws_record(args, params))
         out["distance"] = float(fmt(d)) if math.isfinite(d) else None
         print(json.dumps(out))
     else:
@@ -111,6 +118,11 @@ def cmd_map(args: argparse.Namespace) -> int:
         raise UsageError("map: give -o MAP.png (heat map) and/or --npy MAP.npy (raw map)")
     if args.net == "dists":
         raise UsageError("map: DISTS defines no spatial map (its terms are statistics of whole images)")
+    if args.net == "elpips":
+        raise UsageError(
+            "map: E-LPIPS defines no spatial map (its draws rescale, shift, flip and swap the "
+            "images, so their maps do not align with the pixels); use dist"
+        )
     check_output(args.output, "-o")
     check_output(args.npy, "--npy")
     params, x, y = _params_and_pair(args)
