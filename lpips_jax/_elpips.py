@@ -19,9 +19,9 @@ One draw, as the authors' ``elpips.py`` (``sample_ensemble``, ``apply_ensemble``
   per-channel colour scales ``0.2 + 0.8 u`` (a Latin hypercube over the batch per
   channel); one x/y swap (transpose) for the whole draw;
 - ``2 x - 1``, the LPIPS v0.1 scaling layer, VGG16 with average pools and dropout (keep
-  0.99) on every conv's input, one mask for both images; 14 taps (the scaled input and
-  every conv's ReLU), each unit-normalised over channels, squared difference, 1x1 head,
-  spatial mean; the sum over taps.
+  0.99, to 6e-6: :func:`_sampled_masks`) on every conv's input, one mask for both images;
+  14 taps (the scaled input and every conv's ReLU), each unit-normalised over channels,
+  squared difference, 1x1 head, spatial mean; the sum over taps.
 
 Keys: a draw uses ``key`` itself; ``samples=n > 1`` draws on ``jax.random.split(key, n)``,
 so ``distance(p, x, y, key=k, samples=n)`` is the mean over ``i`` of
@@ -72,6 +72,7 @@ NET = "vgg_avg"  # the trunk's layer table in _nets
 LEVELS = 8  # elpips_vgg's scale levels
 OFFSET_MAX = 7
 KEEP = 0.99  # dropout keep probability
+KEEP_16 = round(KEEP * 2**16)  # its 16-bit threshold: P(keep) = 64881 / 65536 = 0.9900055
 HEADS_FILE = "elpips_heads.safetensors"
 TRUNK_FILE = "vgg_trunk.safetensors"
 # itertools.permutations(range(3)), the official table of colour permutations.
@@ -355,8 +356,9 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 def _taps(trunk: Any, xs: jax.Array, masks: Any, dtype: Any, remat: bool, precision: Any) -> list[jax.Array]:
     """The 14 taps of VGG16 with average pools (``_nets.VGG_AVG_LAYERS``, the trunk that
-    ``_nets.Trunk(net="vgg_avg")`` runs, in the same dtypes), the dropout weights ``masks``
-    ``{conv index: array}`` multiplying each conv's input."""
+    ``_nets.Trunk(net="vgg_avg")`` runs, in the same dtypes) of a batch of 2 n (the two
+    images of n pairs); ``masks``: ``{conv index: (n, h, w, C) bool}``, dropout's keep masks,
+    each for both halves of its conv's input."""
     dt = _nets.compute_dtype(dtype, xs, trunk)
     stem = _nets._stem_dtype(dt)
     x, taps = xs.astype(stem), []
@@ -371,8 +373,9 @@ def _taps(trunk: Any, xs: jax.Array, masks: Any, dtype: Any, remat: bool, precis
             p = trunk[f"features_{layer.index}"]
 
             def step(x, p, m, pad=layer.padding, cdt=cdt):
-                if m is not None:
-                    x = x * m.astype(x.dtype)
+                if m is not None:  # halves times the weights: no float mask of 2 n is made
+                    weight = jnp.where(m, jnp.float32(1) / jnp.float32(KEEP), jnp.float32(0)).astype(x.dtype)
+                    x = jnp.concatenate([x[: m.shape[0]] * weight, x[m.shape[0] :] * weight])
                 x = x.astype(cdt)
                 return jax.nn.relu(_conv(x, p["kernel"].astype(cdt), p["bias"].astype(cdt), pad, precision))
 
@@ -387,12 +390,15 @@ def _transpose_kernels(trunk: Any) -> Any:
 
 def _sampled_masks(key: jax.Array, n: int, h: int, w: int) -> dict[int, jax.Array]:
     """Dropout keep masks ``{conv index: (n, h_k, w_k, C_k) bool}`` for an ``h x w`` input,
-    P(keep) = 0.99: one draw of 32-bit words for all of them (one RNG op compiles faster
-    than 13), each kept where its word is below ``0.99 * 2^32``."""
+    P(keep) = 0.99 to 6e-6 (``KEEP_16 / 2^16``): one draw of 32-bit words for all of them
+    (one RNG op compiles faster than 13), each word two 16-bit draws (the RNG is most of the
+    cost of dropout: half as many words), kept where below ``KEEP_16``."""
     shapes = {i: (n, *s) for i, s in _nets.conv_input_shapes(NET, h, w).items()}
     sizes = [int(np.prod(s)) for s in shapes.values()]
-    bits = jax.random.bits(key, (sum(sizes),), jnp.uint32)
-    keep = bits < jnp.uint32(round(KEEP * 2**32))
+    total = sum(sizes)
+    bits = jax.random.bits(key, (-(-total // 2),), jnp.uint32)
+    halves = jnp.concatenate([bits & jnp.uint32(0xFFFF), bits >> jnp.uint32(16)])[:total]
+    keep = halves < jnp.uint32(KEEP_16)
     ends = np.cumsum(sizes)
     return {i: keep[e - z : e].reshape(s) for (i, s), z, e in zip(shapes.items(), sizes, ends)}
 
@@ -417,9 +423,6 @@ def _branch(level: int, opts: tuple, given_masks: Any = None):
             trunk = lax.cond(t.swap == 1, _transpose_kernels, lambda a: a, trunk)
         if masks is None and dkey is not None:
             masks = _sampled_masks(dkey, n, h, w)
-        if masks is not None:
-            weight = lambda m: jnp.where(m, jnp.float32(1) / jnp.float32(KEEP), jnp.float32(0))  # noqa: E731
-            masks = {i: jnp.concatenate([weight(m)] * 2) for i, m in masks.items()}
         taps = _taps(trunk, scale_inputs(xy, "0.1", True), masks, dtype, remat, precision)
         terms = []
         for k, tap in enumerate(taps):
