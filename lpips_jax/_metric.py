@@ -320,16 +320,17 @@ def layer_distances(
     options = dict(normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     if getattr(params, "random", False):
         return params.sampled_layer_distances(x, y, key=key, samples=samples, **options)
-    _check_deterministic(params, key, samples)
+    _check_deterministic(f"net {getattr(params, 'net', params)!r}", key, samples)
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
     per = _layers_program(params, xb, yb, normalize=normalize, dtype=dtype, remat=remat, precision=precision)
     return tuple(_unbatch(d, unbatched) for d in per)
 
 
-def _check_deterministic(params, key, samples) -> None:
+def _check_deterministic(what: str, key, samples) -> None:
+    """``what`` (e.g. ``"net 'alex'"``), a deterministic metric, takes no key and samples=1."""
     if key is not None or not (isinstance(samples, int) and samples == 1):
         raise ValueError(
-            f"net {getattr(params, 'net', params)!r} is deterministic: it takes no key and samples=1 "
+            f"{what} is deterministic: it takes no key and samples=1 "
             f"(got key={'given' if key is not None else None}, samples={samples!r}); they are for E-LPIPS"
         )
 

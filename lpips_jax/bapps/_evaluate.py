@@ -35,7 +35,7 @@ import numpy as np
 import lpips_jax
 from lpips_jax import _checks, _sharding
 from lpips_jax._checks import NETS
-from lpips_jax._metric import _validate_params
+from lpips_jax._metric import _check_deterministic, _validate_params
 from lpips_jax._outputs import progress_bar
 from lpips_jax.bapps._examples import Examples, to_unit_official
 
@@ -399,11 +399,8 @@ def _check_draws(metric: Any, name: str, key: Any, samples: Any) -> None:
             f"metric {name!r} is random: pass key=jax.random.key(seed) (example i of a subset "
             "is scored with jax.random.fold_in(key, i))"
         )
-    if not getattr(metric, "random", False) and (key is not None or samples != 1):
-        raise ValueError(
-            f"metric {name!r} is deterministic: it takes no key and samples=1 (got "
-            f"key={'given' if key is not None else None}, samples={samples!r}); they are for E-LPIPS"
-        )
+    if not getattr(metric, "random", False):
+        _check_deterministic(f"metric {name!r}", key, samples)
 
 
 def _subsets(config: str, split: str, subsets: Iterable[str] | None, prepared: tuple[str, ...]):
