@@ -27,9 +27,18 @@ if not os.environ.get("LPIPS_JAX_TEST_FULL_OPT") and not any(
     _flags += [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in _named]
     os.environ["XLA_FLAGS"] = " ".join(_flags)
 
+REPO = Path(__file__).resolve().parent.parent
+
+# One persistent XLA compilation cache for the whole run, under the clone: the xdist
+# workers, the slow step, the floor venv and every subprocess (CLI, scripts) compile a
+# program once and share it. The cache key holds the program, XLA flags, jax version and
+# devices, so nothing is shared that should not be. A cache the environment sets is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(REPO / ".cache" / "jax")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
+
 import jax  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 # Test data (with source and licence) lives in tests/data: a clone runs every test.
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLES = DATA / "lpips_examples"

@@ -5,7 +5,7 @@ at a time) on arrays built independently of the reader (the pixels written, divi
 65535). Cheap parser-level cases call ``lpips_jax.cli.main`` in-process; every command
 also runs through the installed ``lpips-jax`` executable. Compiling dominates the time, so
 images are 64x64, the net is alex, batches are 4 in the script and 1 in this process, and
-the script's compilation cache is shared by this module's subprocesses.
+the suite's compilation cache (tests/conftest.py) is shared by the subprocesses.
 """
 
 from __future__ import annotations
@@ -46,16 +46,18 @@ def _compilation_cache(tmp_path_factory):
     _ENV.clear()
 
 
-def run(*args, timeout=300) -> subprocess.CompletedProcess:
-    """Run the installed console script."""
+def run(*args, timeout=300, own_cache=False) -> subprocess.CompletedProcess:
+    """Run the installed console script (``own_cache``: with the CLI's own compilation
+    cache in ``XDG_CACHE_HOME``, not the suite's, which JAX's setting would make it keep)."""
     assert EXE, "the lpips-jax console script is not installed (pip install -e .)"
+    env = {k: v for k, v in _ENV.items() if not (own_cache and k == "JAX_COMPILATION_CACHE_DIR")}
     return subprocess.run(
         [EXE, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
-        env=_ENV,
+        env=env,
     )
 
 
@@ -229,7 +231,7 @@ def test_dirs_stdout_csv_and_no_keep_going(tmp_path, photos, _compilation_cache)
     for k in range(4):
         save(photos[k], d0 / f"{k}.png")
         save(photos[k + 1], d1 / f"{k}.png")
-    r = run("dirs", d0, d1, "--batch-size", 4)  # without -o: CSV on stdout, then the mean
+    r = run("dirs", d0, d1, "--batch-size", 4, own_cache=True)  # no -o: CSV on stdout, then the mean
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "name,distance"

@@ -1,7 +1,7 @@
 """A non-editable install carries the shipped weights: ``load("alex")`` works offline.
 
 Builds a wheel of the working tree (hatchling, no build isolation, no dependency
-install), installs it with ``pip --target`` into a temporary folder and imports it from
+install; in CI the one .ci/run built for the floor step too), installs it with ``pip --target`` into a temporary folder and imports it from
 there in a fresh interpreter whose working directory is outside the repository.
 """
 
@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,12 +76,21 @@ def _reference(params) -> float:
     return float(lpips_jax.distance(params, x, y))
 
 
+def _built(pattern: str, source, tmp_path_factory):
+    """The wheel ``pattern`` of ``source``: CI's, built once from this tree for the floor
+    step too (``LPIPS_JAX_WHEELS``, .ci/run), else built here."""
+    if os.environ.get("LPIPS_JAX_WHEELS"):
+        (whl,) = Path(os.environ["LPIPS_JAX_WHEELS"]).glob(pattern)
+        return whl
+    d = tmp_path_factory.mktemp("wheel")
+    _pip("wheel", "--no-build-isolation", "-w", d, source)
+    (whl,) = d.glob(pattern)
+    return whl
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
-    d = tmp_path_factory.mktemp("wheel")
-    _pip("wheel", "--no-build-isolation", "-w", d, REPO)
-    (whl,) = d.glob("lpips_jax_metrics-*.whl")  # distribution lpips-jax-metrics
-    return whl
+    return _built("lpips_jax_metrics-*.whl", REPO, tmp_path_factory)  # distribution lpips-jax-metrics
 
 
 def test_wheel_contents(wheel):
@@ -112,13 +122,11 @@ def test_installed_wheel_loads_offline(wheel, tmp_path):
     assert 0.01 < out["d"] < 2
 
 
-def test_st_weights_wheel_installs_beside_the_package(wheel, tmp_path):
+def test_st_weights_wheel_installs_beside_the_package(wheel, tmp_path, tmp_path_factory):
     """weights_st/ builds the ST-LPIPS files into a wheel under 100 MB; installed beside
     the main wheel (outside the repository), load(..., variant="shift_tolerant") finds
     them there and gives the repository's value."""
-    d = tmp_path / "st"
-    _pip("wheel", "--no-build-isolation", "-w", d, REPO / "weights_st")
-    (st,) = d.glob("lpips_jax_metrics_st_weights-*.whl")
+    st = _built("lpips_jax_metrics_st_weights-*.whl", REPO / "weights_st", tmp_path_factory)
     assert st.stat().st_size < LIMIT
     with zipfile.ZipFile(st) as z:
         for name in OPTIONAL:

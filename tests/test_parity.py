@@ -262,15 +262,17 @@ def test_min_size_matches_torch(net):
             ref(torch.zeros(1, 3, m - 1, m - 1), torch.zeros(1, 3, m - 1, m - 1))
 
 
-def test_published_example_values(examples_dir, vgg_params):
-    """vgg v0.1 on the official example images: 0.569 and 0.422 (published, 3 decimals)."""
-    ref = read_rgb01(examples_dir / "ex_ref.png")
-    p0 = read_rgb01(examples_dir / "ex_p0.png")
-    p1 = read_rgb01(examples_dir / "ex_p1.png")
-    d0 = float(lpips_jax.distance(vgg_params, ref, p0, normalize=True))
-    d1 = float(lpips_jax.distance(vgg_params, ref, p1, normalize=True))
-    assert round(d0, 3) == 0.569
-    assert round(d1, 3) == 0.422
+# The official README's example values (v0.1, 3 decimals): ex_ref against ex_p0, ex_p1.
+PUBLISHED = {"alex": (0.722, 0.138), "vgg": (0.569, 0.422)}
+
+
+@pytest.mark.parametrize("net", list(PUBLISHED))
+def test_published_example_values(examples_dir, net):
+    """The trunks are the ImageNet ones: each net's published values on the official
+    example images (``python lpips_2imgs.py -p0 ex_ref.png -p1 ex_p0.png``, and ``ex_p1``)."""
+    ref, p0, p1 = (read_rgb01(examples_dir / f"{n}.png") for n in ("ex_ref", "ex_p0", "ex_p1"))
+    d = lpips_jax.distance(lpips_jax.load(net), np.stack([ref, ref]), np.stack([p0, p1]), normalize=True)
+    assert [round(float(v), 3) for v in d] == list(PUBLISHED[net])
 
 
 @pytest.mark.torch
