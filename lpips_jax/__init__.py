@@ -15,6 +15,7 @@ BAPPS scoring, evaluation and training live in :mod:`lpips_jax.bapps` (imported 
 from lpips_jax._checks import NETS, VARIANTS, VERSIONS
 from lpips_jax._dists import DISTSParams
 from lpips_jax._elpips import ELPIPSParams
+from lpips_jax._evaluator import LPIPSEvaluator
 from lpips_jax._metric import (
     LPIPS,
     LPIPSParams,
@@ -48,6 +49,7 @@ __all__ = [
     "ImageError",
     "ImageInfo",
     "LPIPS",
+    "LPIPSEvaluator",
     "LPIPSParams",
     "NETS",
     "VARIANTS",

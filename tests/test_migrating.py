@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _loss_helpers import ENTRY_RTOL
+from _loss_helpers import assert_paths_agree, float64_truth
 from conftest import REPO, official_model, to_nchw, trunk_state_dict
 
 import lpips_jax
@@ -87,8 +87,16 @@ def _run(code: str, images: dict) -> dict:
     return ns
 
 
-def _close(a, b, rtol=ENTRY_RTOL):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=0)
+def _close(a, b, rtol=None, *, truth=None):
+    """A snippet's ``a`` against ``b`` computed here. With ``rtol``: relative to ``b`` (a mean
+    or a sum: float32 rounding of a few terms). Else two paths to one quantity
+    (``assert_paths_agree``): against ``truth``, its float64 value, where they are
+    different programs; without one, ``b`` is taken as exact and the bound is the float32
+    rounding floor (the same program on equal inputs: bitwise equal here)."""
+    if rtol is not None:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=0)
+    else:
+        assert_paths_agree(a, b, b if truth is None else truth)
 
 
 # ---- one check per block, keyed by the heading it sits under ---------------------------
@@ -173,6 +181,20 @@ def check_lpips_jax_010(ns, im, alex, official):
     _close(ns["d_dev"][0], d)
 
 
+def check_evaluator_010(ns, im, alex, official):
+    # 0.1.0's own outputs are compared in test_evaluator.py; here the shapes and distance.
+    x, y = im["x"], im["y"]
+    truth = float64_truth(lpips_jax.distance, alex, x, y)
+    assert ns["d"].shape == ns["d_jit"].shape == (N, 1, 1, 1) and ns["d_dev"].shape == (1, N, 1, 1, 1)
+    for got in (ns["d"], ns["d_jit"], ns["d_dev"][0]):
+        _close(got[:, 0, 0, 0], lpips_jax.distance(alex, x, y), truth=truth)
+
+
+def check_linen_010(ns, im, alex, official):
+    assert ns["d"].shape == (N, 1, 1, 1)
+    _close(ns["d"][:, 0, 0, 0], lpips_jax.distance(alex, im["x"], im["y"]))
+
+
 def check_lpips_nnx(ns, im, alex, official):
     from flax import nnx
 
@@ -183,19 +205,22 @@ def check_lpips_nnx(ns, im, alex, official):
 
 
 def check_batch_one(ns, im, alex, official):
-    # The reference: ref repeated N times, explicitly (and the official package, which
-    # broadcasts too). The modules' broadcasting is tested in test_broadcast.py.
+    # The references: ref repeated N times, explicitly (another program, whose float32
+    # rounding differs: both against the float64 value), and the official package, which
+    # broadcasts too. The modules' broadcasting is tested in test_broadcast.py.
     x, y = im["x"], im["y"]
     ref = x[:1]
     refs = np.repeat(ref, N, axis=0)
     d, m, per, d_f = ns["d"], ns["m"], ns["per"], ns["d_f"]
     assert d.shape == (N,) and m.shape == (N, H, W) and d_f.shape == (N,)
     assert [p.shape for p in per] == [(N,)] * 5
-    _close(d, lpips_jax.distance(alex, refs, y))
-    _close(m, lpips_jax.distance_map(alex, y, refs))
-    for p, p_ref in zip(per, lpips_jax.layer_distances(alex, refs, y)):
-        _close(p, p_ref)
-    _close(d_f, d)
+    for got, fn, a, b in (
+        (d, lpips_jax.distance, refs, y),
+        (m, lpips_jax.distance_map, y, refs),
+        (per, lpips_jax.layer_distances, refs, y),
+        (d_f, lpips_jax.distance, y, refs),
+    ):
+        _close(got, fn(alex, a, b), truth=float64_truth(fn, alex, a, b))
     np.testing.assert_allclose(
         np.asarray(d)[:, None, None, None], _official(official, ref, y).numpy(), rtol=0, atol=ATOL_OFFICIAL
     )
@@ -212,7 +237,9 @@ CHECKS = {
     "pyiqa 0.1.16": check_pyiqa,
     "jaxlpips 1.2.0": check_jaxlpips,
     "lpips-j 0.0.6": check_lpips_j,
-    "lpips_jax 0.1.0 (the PyPI project `lpips_jax`)": check_lpips_jax_010,
+    "lpips_jax 0.1.0 (the PyPI project `lpips_jax`)": check_evaluator_010,
+    "The linen `LPIPS` of 0.1.0": check_linen_010,
+    "Moving from the evaluator to `load` and `distance`": check_lpips_jax_010,
     "lpips-nnx 0.1.0": check_lpips_nnx,
     # Last: it exercises the batch-1 broadcasting of every entry point.
     "One reference against a batch": check_batch_one,
@@ -221,7 +248,7 @@ CHECKS = {
 
 def test_blocks_found():
     headings = [h for h, _ in _blocks()]
-    assert len(headings) == len(CHECKS) == 10, headings
+    assert len(headings) == len(CHECKS) == 12, headings
     assert sorted(headings) == sorted(CHECKS), headings
 
 
