@@ -29,11 +29,21 @@ so ``distance(p, x, y, key=k, samples=n)`` is the mean over ``i`` of
 ``jax.random.split(key)`` gives the transformation key and the dropout key.
 
 Static shapes: the image size after downsampling depends on the level, so a draw is a
-``lax.switch`` over the levels (one branch runs; each returns the ``(14, N)`` per-tap
-terms), and ``samples`` draws a ``lax.scan`` over draws whose body is rematerialised:
-memory does not grow with ``samples`` (but for each draw's 14 terms a pair), also under
-``grad``. Under ``vmap`` over keys the level is batched and every branch runs (a select);
-under ``vmap`` over images it is not.
+``lax.switch`` over two programs, each returning the ``(14, N)`` per-tap terms: level 1 at
+full size, and every level ``s >= 2`` on one canvas of level 2's size (the largest of them;
+:func:`_canvas_branch`): the level's images top-left (the scale step as products with
+count matrices of the traced level), the activations zero outside its valid region before
+every conv (VGG's zero padding at the region's border), the floor-mode pools exact on it,
+the spatial means over it; dropout's bits drawn at the level's own sizes (a switch of RNG
+calls) and gathered onto the canvas. The values are those of a program per level (as
+:func:`distance_at` runs) to rounding; two trunks compile whatever ``scale_levels``, not
+one per level; a draw at ``s > 2`` costs what one at level 2 does (``P(s) ~ 1 / s^2``: some
+5-8% more per draw on average than a program per level). Non-square images: the canvas is
+level 2's ``h x w`` as it is, swapped by transposing the 3x3 kernels (as level 1; no cost
+beyond the canvas); a square one is transposed. ``samples`` draws are a ``lax.scan`` over
+draws whose body is rematerialised: memory does not grow with ``samples`` (but for each
+draw's 14 terms a pair), also under ``grad``. Under ``vmap`` over keys the level is batched
+and both programs run (a select); under ``vmap`` over images it is not.
 
 Image size: at level ``s`` an image of side ``n`` becomes ``(n + 2 s - 2) // s`` pixels and
 must keep 9 (the offset pad of 7, then VGG's four 2x2 pools), so ``min(H, W)`` must be at
@@ -286,11 +296,14 @@ def _rescale(x: jax.Array, level: int, scale_offset: jax.Array) -> jax.Array:
     return _nets.avg_pool(x, level, level)  # a window, not a reshape: explicit sharding allows it
 
 
-def _pad_flip_index(n: int, offset: jax.Array, flip: jax.Array) -> jax.Array:
-    """``(N, n + 7)`` source rows: reflect pad ``7 - offset`` before, then flipped where ``flip``."""
-    p = jnp.arange(n + OFFSET_MAX, dtype=jnp.int32)
+def _pad_flip_index(n: Any, offset: jax.Array, flip: jax.Array, length: int | None = None) -> jax.Array:
+    """``(N, n + 7)`` source rows: reflect pad ``7 - offset`` before, then flipped where
+    ``flip``. On a canvas (``length``; ``n`` may be traced), ``(N, length)``: rows past
+    ``n + 7`` clipped to a source row."""
+    p = jnp.arange(n + OFFSET_MAX if length is None else length, dtype=jnp.int32)
     q = jnp.where(flip[:, None], n + OFFSET_MAX - 1 - p, p)
-    return _reflect(q - (OFFSET_MAX - offset[:, None]), n)
+    rows = _reflect(q - (OFFSET_MAX - offset[:, None]), n)
+    return rows if length is None else jnp.clip(rows, 0, n - 1)
 
 
 def _transform_unswapped(t: Transform, x01: jax.Array, level: int) -> jax.Array:
@@ -354,11 +367,23 @@ def _conv_bwd(padding, precision, res, g):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def _taps(trunk: Any, xs: jax.Array, masks: Any, dtype: Any, remat: bool, precision: Any) -> list[jax.Array]:
+def _keep(x: jax.Array, keep: jax.Array) -> jax.Array:
+    """A conv's input times what :func:`_taps` is given for it: dropout's keep mask
+    ``(n, h, w, C)`` (bool, for each half of the batch: kept values scaled by ``1 / 0.99``,
+    and on a canvas zero outside the valid region), or a canvas's valid region ``(h, w, 1)``
+    (bool: zero outside, VGG's zero padding at the region's border)."""
+    if keep.ndim == 3:
+        return jnp.where(keep, x, jnp.zeros((), x.dtype))
+    n = keep.shape[0]  # halves times the weights: no float mask of 2 n is made
+    weight = jnp.where(keep, jnp.float32(1) / jnp.float32(KEEP), jnp.float32(0)).astype(x.dtype)
+    return jnp.concatenate([x[:n] * weight, x[n:] * weight])
+
+
+def _taps(trunk: Any, xs: jax.Array, keeps: Any, dtype: Any, remat: bool, precision: Any) -> list[jax.Array]:
     """The 14 taps of VGG16 with average pools (``_nets.VGG_AVG_LAYERS``, the trunk that
     ``_nets.Trunk(net="vgg_avg")`` runs, in the same dtypes) of a batch of 2 n (the two
-    images of n pairs); ``masks``: ``{conv index: (n, h, w, C) bool}``, dropout's keep masks,
-    each for both halves of its conv's input."""
+    images of n pairs); ``keeps``: ``None`` or ``{conv index: array}``, what each conv's
+    input is multiplied by (:func:`_keep`)."""
     dt = _nets.compute_dtype(dtype, xs, trunk)
     stem = _nets._stem_dtype(dt)
     x, taps = xs.astype(stem), []
@@ -372,15 +397,13 @@ def _taps(trunk: Any, xs: jax.Array, masks: Any, dtype: Any, remat: bool, precis
             cdt = stem if layer.index == 0 else dt
             p = trunk[f"features_{layer.index}"]
 
-            def step(x, p, m, pad=layer.padding, cdt=cdt):
-                if m is not None:  # halves times the weights: no float mask of 2 n is made
-                    weight = jnp.where(m, jnp.float32(1) / jnp.float32(KEEP), jnp.float32(0)).astype(x.dtype)
-                    x = jnp.concatenate([x[: m.shape[0]] * weight, x[m.shape[0] :] * weight])
+            def step(x, p, k, pad=layer.padding, cdt=cdt):
+                x = x if k is None else _keep(x, k)
                 x = x.astype(cdt)
                 return jax.nn.relu(_conv(x, p["kernel"].astype(cdt), p["bias"].astype(cdt), pad, precision))
 
-            m = None if masks is None else masks[layer.index]
-            x = (jax.checkpoint(step) if remat else step)(x, p, m)
+            k = None if keeps is None else keeps[layer.index]
+            x = (jax.checkpoint(step) if remat else step)(x, p, k)
     return taps
 
 
@@ -388,25 +411,50 @@ def _transpose_kernels(trunk: Any) -> Any:
     return jax.tree_util.tree_map(lambda a: a.transpose(1, 0, 2, 3) if a.ndim == 4 else a, trunk)
 
 
+def _mask_shapes(n: int, h: int, w: int) -> dict[int, tuple[int, int, int, int]]:
+    """``{conv index: (n, h_k, w_k, C_k)}``, the dropout masks of an ``h x w`` input, in the
+    order their bits are drawn (the convs')."""
+    return {i: (n, *s) for i, s in _nets.conv_input_shapes(NET, h, w).items()}
+
+
+def _sampled_words(key: jax.Array, n: int, h: int, w: int) -> jax.Array:
+    """The random words of every dropout keep mask of an ``h x w`` input (:func:`_mask_shapes`,
+    flat and one after the other): ``(m,)`` uint32, ``m = ceil(total / 2)``, each two 16-bit
+    draws: mask entry ``t`` is the low half of word ``t`` for ``t < m``, else the high half of
+    word ``t - m``, kept where below ``KEEP_16`` (P(keep) = 0.99 to 6e-6). One draw of words
+    for all the masks (one RNG op compiles faster than 13), two draws a word (the RNG is most
+    of the cost of dropout: half as many words)."""
+    total = sum(int(np.prod(s)) for s in _mask_shapes(n, h, w).values())
+    return jax.random.bits(key, (-(-total // 2),), jnp.uint32)
+
+
 def _sampled_masks(key: jax.Array, n: int, h: int, w: int) -> dict[int, jax.Array]:
     """Dropout keep masks ``{conv index: (n, h_k, w_k, C_k) bool}`` for an ``h x w`` input,
-    P(keep) = 0.99 to 6e-6 (``KEEP_16 / 2^16``): one draw of 32-bit words for all of them
-    (one RNG op compiles faster than 13), each word two 16-bit draws (the RNG is most of the
-    cost of dropout: half as many words), kept where below ``KEEP_16``."""
-    shapes = {i: (n, *s) for i, s in _nets.conv_input_shapes(NET, h, w).items()}
+    from :func:`_sampled_words`."""
+    shapes = _mask_shapes(n, h, w)
     sizes = [int(np.prod(s)) for s in shapes.values()]
-    total = sum(sizes)
-    bits = jax.random.bits(key, (-(-total // 2),), jnp.uint32)
-    halves = jnp.concatenate([bits & jnp.uint32(0xFFFF), bits >> jnp.uint32(16)])[:total]
+    bits = _sampled_words(key, n, h, w)
+    halves = jnp.concatenate([bits & jnp.uint32(0xFFFF), bits >> jnp.uint32(16)])[: sum(sizes)]
     keep = halves < jnp.uint32(KEEP_16)
     ends = np.cumsum(sizes)
     return {i: keep[e - z : e].reshape(s) for (i, s), z, e in zip(shapes.items(), sizes, ends)}
 
 
+def _tap_terms(taps: list[jax.Array], heads: Any, n: int, mean) -> jax.Array:
+    """``(14, N)``: per tap, unit-normalised over channels, the squared difference of the two
+    halves, the head, ``mean(map, tap)`` over the spatial axes."""
+    terms = []
+    for k, tap in enumerate(taps):
+        f = normalize_channels(tap)
+        terms.append(mean(head_map((f[:n] - f[n:]) ** 2, heads[f"lin{k}"]["kernel"]), k))
+    return jnp.stack(terms)
+
+
 def _branch(level: int, opts: tuple, given_masks: Any = None):
     """The ``(14, N)`` per-tap terms of one draw at the static ``level`` (their sum over
-    taps is the distance): a ``lax.switch`` branch, ``(trunk, heads, x01, y01, t, dropout
-    key or None) -> (14, N)``."""
+    taps is the distance), on the level's own shape: ``(trunk, heads, x01, y01, t, dropout
+    key or None) -> (14, N)``. The draw's program for level 1; for any level, what
+    :func:`distance_at` runs."""
     dtype, remat, precision = opts
 
     def run(trunk, heads, x01, y01, t, dkey):
@@ -424,29 +472,202 @@ def _branch(level: int, opts: tuple, given_masks: Any = None):
         if masks is None and dkey is not None:
             masks = _sampled_masks(dkey, n, h, w)
         taps = _taps(trunk, scale_inputs(xy, "0.1", True), masks, dtype, remat, precision)
-        terms = []
-        for k, tap in enumerate(taps):
-            f = normalize_channels(tap)
-            m = head_map((f[:n] - f[n:]) ** 2, heads[f"lin{k}"]["kernel"])
-            terms.append(jnp.mean(m, axis=(-2, -1)))
-        return jnp.stack(terms)
+        return _tap_terms(taps, heads, n, lambda m, k: jnp.mean(m, axis=(-2, -1)))
 
     return run
 
 
+# --- levels 2 .. L on one canvas -----------------------------------------------------------
+# A trunk of its own per level (a switch of L programs) compiles in L times one's time.
+# Instead every level s >= 2 runs on one canvas, the size of level 2's network input (the
+# largest of them): the level's images top-left, zero elsewhere; before every conv the
+# activations are zero outside the valid region (VGG's zero padding sees the level's own
+# border), the floor-mode 2x2 pools keep the valid region's outputs exact (``h -> h // 2``),
+# and each tap's spatial mean is the sum over the valid region over its count. Dropout's
+# masks are sampled at the level's own shapes (the same bits as its own program) and placed
+# on the canvas. Two trunk programs in all: level 1 (:func:`_branch`) and the canvas.
+
+# Pools before each tap and each conv: their valid region is the input's, halved that often.
+_POOLS = tuple(
+    sum(isinstance(q, _nets.AvgPool) for q in _nets.LAYERS[NET][:i])
+    for i, layer in enumerate(_nets.LAYERS[NET])
+)
+TAP_POOLS = tuple(k for k, layer in zip(_POOLS, _nets.LAYERS[NET]) if isinstance(layer, _nets.Tap))
+CONV_POOLS = {layer.index: k for k, layer in zip(_POOLS, _nets.LAYERS[NET]) if isinstance(layer, _nets.Conv)}
+
+
+def canvas_size(h: int, w: int) -> tuple[int, int]:
+    """The canvas of levels ``2 .. L`` for ``h x w`` images: level 2's network input,
+    :func:`transformed_size` ``(h, w, 2)`` (before the swap)."""
+    return transformed_size(h, w, 2)
+
+
+def _valid(vh: jax.Array, vw: jax.Array, pools: int, shape: tuple[int, int]) -> jax.Array:
+    """``shape`` bool: the top-left ``(vh, vw)`` region of the network input after ``pools``
+    floor-mode 2x2 pools (``vh // 2^pools`` rows)."""
+    rows = lax.broadcasted_iota(jnp.int32, shape, 0) < vh // 2**pools
+    cols = lax.broadcasted_iota(jnp.int32, shape, 1) < vw // 2**pools
+    return rows & cols
+
+
+def _scale_matrix(n: int, length: int, levels: int, t: Transform, axis: int, dtype: Any) -> jax.Array:
+    """``(length, n)``: the scale step at level ``t.level`` (traced) along one axis (``axis``
+    0: rows, 1: columns) as a matrix of counts: row ``i`` sums the source rows that scaled
+    row ``i`` averages (``t.level`` of them, repeated where the reflection repeats them),
+    zero past the level's ``scaled_size``. The same for every image."""
+    s, so = t.level, t.scale_offset[axis]
+    i = jnp.arange(length, dtype=jnp.int32)[:, None]
+    k = jnp.arange(levels, dtype=jnp.int32)
+    src = _reflect(i * s + k - so, n)  # (length, levels): the source rows, for k < s
+    use = (k < s) & (i < (n + 2 * s - 2) // s)
+    hits = (src[..., None] == jnp.arange(n, dtype=jnp.int32)) & use[..., None]
+    return jnp.sum(hits, axis=1, dtype=jnp.int32).astype(dtype)
+
+
+def _canvas_images(t: Transform, x01: jax.Array, levels: int, canvas: tuple[int, int]) -> jax.Array:
+    """:func:`_transform_unswapped` at the traced level ``t.level >= 2``, on the canvas:
+    ``(N, H, W, 3) -> (N, *canvas, 3)``, the level's ``h + 7`` rows and ``w + 7`` columns
+    top-left (what lies beyond, copies of edge pixels, the canvas ignores). The scale step
+    is two products with count matrices (:func:`_scale_matrix`; not the level's own
+    shapes: each level's steps would be compiled, with their gradients), then the s x s mean;
+    the per-image steps gather as :func:`_transform_unswapped` does, on the canvas."""
+    _, h, w, _ = x01.shape
+    dt = x01.dtype
+    ch, cw = canvas
+    s = t.level
+    hi = lax.Precision.HIGHEST  # exact products (a GPU's default for a dot is TF32)
+    x = jnp.einsum("ih,bhwc->biwc", _scale_matrix(h, ch - OFFSET_MAX, levels, t, 0, dt), x01, precision=hi)
+    x = jnp.einsum("jw,biwc->bijc", _scale_matrix(w, cw - OFFSET_MAX, levels, t, 1, dt), x, precision=hi)
+    x = x / (s * s).astype(dt)
+    hs, ws = (h + 2 * s - 2) // s, (w + 2 * s - 2) // s  # scaled_size at level s
+    rows = _pad_flip_index(hs, t.offset[:, 0], (t.flips == 1) | (t.flips == 2), ch)
+    cols = _pad_flip_index(ws, t.offset[:, 1], (t.flips == 0) | (t.flips == 2), cw)
+    x = jnp.take_along_axis(x, rows[:, :, None, None], axis=1)
+    x = jnp.take_along_axis(x, cols[:, None, :, None], axis=2)
+    x = jnp.take_along_axis(x, t.perms[:, None, None, :], axis=3)
+    return x * t.colors.astype(dt)[:, None, None, :]
+
+
+def _level_words(level: int, n: int, hw: tuple[int, int], canvas: tuple[int, int], given_masks: Any = None):
+    """A draw's dropout at ``level`` for ``n`` pairs of ``hw`` images, for the canvas:
+    ``(dropout key) -> (words, m)``, the level's :func:`_sampled_words` (``m`` of them), drawn
+    at its own sizes as its own program draws them, zero-padded to level 2's count (a switch
+    over the levels returns one shape; :func:`_canvas_masks` reads them). ``given_masks``
+    (in :func:`_branch`'s frame) as such words instead: one a mask entry, ``m`` their count."""
+    total = sum(int(np.prod(s)) for s in _mask_shapes(n, *canvas).values())
+    length = total if given_masks is not None else -(-total // 2)
+
+    def words(dkey):
+        if given_masks is None:
+            w = _sampled_words(dkey, n, *transformed_size(*hw, level))
+        else:  # kept: a low half 0 < KEEP_16; dropped: 0xFFFF
+            flat = jnp.concatenate([given_masks[i].reshape(-1) for i in CONV_INDICES])
+            w = jnp.where(flat, jnp.uint32(0), jnp.uint32(0xFFFF))
+        # into zeros in place (a pad fusion ran some 10x slower on XLA:CPU)
+        return lax.dynamic_update_slice(jnp.zeros((length,), jnp.uint32), w, (0,)), jnp.int32(w.shape[0])
+
+    return words
+
+
+def _canvas_masks(words, m, n, hw, levels, index, swap, canvas) -> dict[int, jax.Array]:
+    """``{conv index: (n, h_k, w_k, C_k) bool}`` on the canvas: the keep masks of the level
+    ``levels[index]`` (``index`` traced) from its words (:func:`_level_words`: ``m`` of them),
+    each at the top-left of its conv's input, False elsewhere. One gather per conv for every
+    level (placed in each level's own program, the masks were 13 kernels a level to compile).
+
+    In the frame the canvas runs in: :func:`_branch` applies a level's masks after the swap
+    if the level is square, before it (the kernels transposed) if not; the canvas does as
+    its own shape says (:func:`_canvas_branch`), so a level whose squareness differs from
+    the canvas's has its masks transposed where the draw swaps."""
+    own = [_mask_shapes(n, *transformed_size(*hw, s)) for s in levels]
+    ends = [np.cumsum([0] + [int(np.prod(m[i])) for i in CONV_INDICES]) for m in own]
+    if max(int(e[-1]) for e in ends) > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"E-LPIPS: {n} pairs of {hw[0]}x{hw[1]} images are too many for one draw (its dropout "
+            f"masks are indexed in int32: at most {np.iinfo(np.int32).max} entries); split the batch"
+        )
+    starts = [e[:-1] for e in ends]
+    turn = jnp.asarray([(o[0][1] == o[0][2]) != (canvas[0] == canvas[1]) for o in own])[index] & swap
+    out = {}
+    for k, i in enumerate(CONV_INDICES):
+        table = jnp.asarray([(o[i][1], o[i][2], st[k]) for o, st in zip(own, starts)], jnp.int32)
+        h, w, start = table[index]
+        shape = (n, *_nets.conv_input_shapes(NET, *canvas)[i])
+        b, r, c, f = (lax.broadcasted_iota(jnp.int32, shape, d) for d in range(4))
+        r, c = jnp.where(turn, c, r), jnp.where(turn, r, c)  # the pixel in the level's frame
+        entry = start + ((b * h + r) * w + c) * shape[3] + f  # in the level's flat masks
+        inside = (r < h) & (c < w)
+        low = entry < m
+        word = words[jnp.where(inside, jnp.where(low, entry, entry - m), 0)]
+        half = jnp.where(low, word & jnp.uint32(0xFFFF), word >> jnp.uint32(16))
+        out[i] = inside & (half < jnp.uint32(KEEP_16))
+    return out
+
+
+def _canvas_branch(levels: int, opts: tuple, level: int | None = None, given_masks: Any = None):
+    """As :func:`_branch`, for a draw at any level ``2 .. levels`` (``t.level``; or the static
+    ``level``), run on the canvas (:func:`canvas_size`): one program for all of them."""
+    dtype, remat, precision = opts
+
+    def run(trunk, heads, x01, y01, t, dkey):
+        n, h, w = x01.shape[:3]
+        ch, cw = canvas_size(h, w)
+        only = range(2, levels + 1) if level is None else (level,)
+        index = jnp.clip(t.level - only[0], 0, len(only) - 1)
+        xy = jnp.concatenate([_canvas_images(t, a, max(only), (ch, cw)) for a in (x01, y01)])
+        # The valid region of the network's input: the level's own transformed size.
+        vh, vw = jnp.asarray([transformed_size(h, w, s) for s in only], jnp.int32)[index]
+        # The x/y swap. A square canvas: transpose it (the valid region stays top-left, its
+        # sides swapped). Otherwise: transpose the kernels, as _branch does.
+        swap = t.swap == 1
+        if ch == cw:
+            xy = jnp.where(swap, xy.transpose(0, 2, 1, 3), xy)
+            vh, vw = jnp.where(swap, vw, vh), jnp.where(swap, vh, vw)
+        else:
+            trunk = lax.cond(swap, _transpose_kernels, lambda a: a, trunk)
+        if dkey is None and given_masks is None:
+            shapes = _nets.conv_input_shapes(NET, ch, cw)
+            keeps = {i: _valid(vh, vw, CONV_POOLS[i], shapes[i][:2])[..., None] for i in CONV_INDICES}
+        else:  # False outside the region: they zero it
+            draws = [_level_words(s, n, (h, w), (ch, cw), given_masks) for s in only]
+            words, m = draws[0](dkey) if len(draws) == 1 else lax.switch(index, draws, dkey)
+            keeps = _canvas_masks(words, m, n, (h, w), only, index, swap, (ch, cw))
+        taps = _taps(trunk, scale_inputs(xy, "0.1", True), keeps, dtype, remat, precision)
+
+        def mean(m, k):
+            p = TAP_POOLS[k]
+            count = ((vh // 2**p) * (vw // 2**p)).astype(m.dtype)
+            masked = jnp.where(_valid(vh, vw, p, m.shape[1:3]), m, jnp.zeros((), m.dtype))
+            return jnp.sum(masked, axis=(-2, -1)) / count
+
+        return _tap_terms(taps, heads, n, mean)
+
+    return run
+
+
+def _programs(levels: int, opts: tuple) -> list:
+    """The draw's programs, each as :func:`_branch`: level 1, and (``levels > 1``) the canvas
+    of the others; :func:`_program_index` picks one."""
+    return [_branch(1, opts)] + ([_canvas_branch(levels, opts)] if levels > 1 else [])
+
+
+def _program_index(t: Transform) -> jax.Array:
+    return jnp.minimum(t.level - 1, 1)
+
+
 def _draw(params: ELPIPSParams, x01, y01, t: Transform, dkey, opts, level=None, masks=None) -> jax.Array:
-    """One draw's ``(14, N)`` per-tap terms at ``t``; ``level`` static or from ``t`` (a switch)."""
+    """One draw's ``(14, N)`` per-tap terms at ``t``; ``level`` static (its own shape) or
+    from ``t`` (a switch of two programs)."""
     args = (params.trunk, params.heads, x01, y01, t, dkey)
     if level is not None:
         return _branch(level, opts, masks)(*args)
-    if params.scale_levels == 1:
-        return _branch(1, opts)(*args)
-    # Each branch rematerialised: differentiated as it is, the switch hands every branch's
-    # residuals (zeros for the branches not taken) from the forward to the backward pass;
-    # remat keeps the branch inputs only (grad at 256x256, 8 levels: 571 vs 801 MB of
-    # temporaries, the same time; a quarter less compile time).
-    branches = [jax.checkpoint(_branch(s, opts)) for s in range(1, params.scale_levels + 1)]
-    return lax.switch(t.level - 1, branches, *args)
+    programs = _programs(params.scale_levels, opts)
+    if len(programs) == 1:
+        return programs[0](*args)
+    # Each program rematerialised: differentiated as it is, the switch hands every branch's
+    # residuals (zeros for the branch not taken) from the forward to the backward pass;
+    # remat keeps the branch inputs only.
+    return lax.switch(_program_index(t), [jax.checkpoint(p) for p in programs], *args)
 
 
 # --- entry points ----------------------------------------------------------------------
@@ -558,10 +779,9 @@ def _mean_distance(levels, samples, dropout, opts, trunk, heads, x01, y01, key) 
     return _mean_distance_plain(levels, samples, dropout, opts, trunk, heads, x01, y01, key)
 
 
-def _value_and_image_grads(level: int, opts: tuple):
-    """A switch branch: one draw's ``(14, N)`` terms and the gradients of their sum w.r.t.
-    ``x01`` and ``y01``."""
-    run = _branch(level, opts)
+def _value_and_image_grads(run):
+    """A switch branch: one draw's ``(14, N)`` terms (``run``, one of :func:`_programs`) and
+    the gradients of their sum w.r.t. ``x01`` and ``y01``."""
 
     def branch(trunk, heads, x01, y01, t, dkey):
         terms, vjp = jax.vjp(lambda a, b: run(trunk, heads, a, b, t, dkey), x01, y01)
@@ -579,12 +799,12 @@ def _mean_distance_fwd(levels, samples, dropout, opts, trunk, heads, x01, y01, k
         d, vjp = jax.vjp(plain, trunk, heads, x01, y01, key)
         return d, (vjp, None)
     n = x01.shape[0]
-    branches = [_value_and_image_grads(s, opts) for s in range(1, levels + 1)]
+    branches = [_value_and_image_grads(run) for run in _programs(levels, opts)]
 
     def one(k):
         t, dkey = _sample(k, n, levels, dropout)
         args = (trunk, heads, x01, y01, t, dkey)
-        return branches[0](*args) if levels == 1 else lax.switch(t.level - 1, branches, *args)
+        return branches[0](*args) if levels == 1 else lax.switch(_program_index(t), branches, *args)
 
     if samples == 1:
         terms, gx, gy = one(key)
@@ -758,7 +978,9 @@ def distance_at(
     in order, each of the shape the official code's conv input has (``(N, h_k, w_k, C_k)``,
     after the swap); kept values are scaled by ``1 / 0.99``. With masks,
     ``transform.level`` must be concrete (and ``transform.swap`` for non-square images).
-    For parity with the official code.
+    For parity with the official code: a concrete level runs on its own shapes, as the
+    official code does (:func:`distance` runs levels >= 2 on one canvas: the same value to
+    rounding); a traced one as :func:`distance` does.
     """
     params, xb, yb, unbatched = _prepare(params, x, y, normalize)
     n = max(xb.shape[0], yb.shape[0])

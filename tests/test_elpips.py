@@ -129,6 +129,93 @@ def test_parity_at_fixed_transformations(refs, params, name):
     _assert_matches(name, d, g, refs)
 
 
+def _canvas_value_and_grad(params, x, y, t, masks):
+    """As :func:`_value_and_grad`, on the canvas program (levels 2 .. L on level 2's size)
+    instead of the level's own shape: the official masks placed on it."""
+    level = int(t.level)
+    n, h, w, _ = x.shape
+    if masks is not None:
+        masks = _elpips._official_masks(masks, t, level, n, _elpips.transformed_size(h, w, level))
+
+    def f(x, masks):
+        run = _elpips._canvas_branch(params.scale_levels, (None, False, None), level=level, given_masks=masks)
+        d = jnp.sum(run(params.trunk, params.heads, x, jnp.asarray(y), t, None), axis=0)
+        return jnp.sum(d), d
+
+    (_, d), g = jax.jit(jax.value_and_grad(f, has_aux=True))(jnp.asarray(x), masks)
+    return np.asarray(d), np.asarray(g)
+
+
+# The cases at levels >= 2: level 2 (the canvas itself), non-square; level 3; then the slow ones.
+CANVAS_CASES = ("rand67x93", "photo64_s3")
+SLOW_CANVAS_CASES = ("photo64_s8", "rand128x96", "rand67x93_s6", "dists256_s2")
+
+
+@pytest.mark.parametrize(
+    "name", [*CANVAS_CASES, *(pytest.param(c, marks=pytest.mark.slow) for c in SLOW_CANVAS_CASES)]
+)
+def test_parity_on_the_canvas(refs, params, name):
+    """The levels >= 2 of a draw run on one canvas (zero outside the level's region, means
+    over it): value and gradient there equal the official code's at the same bounds."""
+    x, y, t, masks = _case(refs, name)
+    assert int(t.level) >= 2
+    d, g = _canvas_value_and_grad(params, x, y, t, masks)
+    _assert_matches(name, d, g, refs)
+
+
+def _keys_per_level(levels, n):
+    """Seeds whose single draws (``distance(..., key=jax.random.key(seed))``) fall on
+    levels 1 .. ``levels``, one each: the first of 4000 seeds for each level."""
+    level = jax.jit(jax.vmap(lambda s: _elpips._sample(jax.random.key(s), n, levels, True)[0].level))
+    drawn = np.asarray(level(jnp.arange(4000)))
+    return [int(np.argmax(drawn == s)) for s in range(1, levels + 1)]
+
+
+def _per_level_distance(p, x, y, key):
+    """One draw of ``distance`` the old way: its transformation and dropout bits, run by
+    the level's own-shape program (``distance_at`` with the masks in the official frame)."""
+    n, h, w, _ = x.shape
+    t, dkey = _elpips._sample(key, n, p.scale_levels, True)
+    level = int(t.level)
+    hs, ws = _elpips.transformed_size(h, w, level)
+    masks = _elpips._sampled_masks(dkey, n, hs, ws)  # in the frame _branch runs in
+    if hs != ws and int(t.swap):
+        masks = {i: m.transpose(0, 2, 1, 3) for i, m in masks.items()}
+    return _elpips.distance_at(p, x, y, t, masks=[masks[i] for i in _elpips.CONV_INDICES]), level
+
+
+@pytest.mark.parametrize(
+    "hw",
+    [
+        (58, 59),  # a square canvas, non-square levels 1, 3, ...: their masks turned where swapped
+        pytest.param((58, 60), marks=pytest.mark.slow),  # non-square canvas, square levels 4, 5, ...
+        pytest.param((60, 60), marks=pytest.mark.slow),
+    ],
+)
+def test_distance_equals_the_per_level_programs(params, hw):
+    """``distance(p, x, y, key=k, samples=n)`` for fixed keys equals the old per-level
+    implementation (each level its own-shape program, the same transformation and dropout
+    bits) at every level 1 .. 8 and for a scan of draws, in float64: within float32
+    rounding of the distance (what is left is float64 rounding, some 1e-15 of it)."""
+    with jax.enable_x64():
+        p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
+        x, y = (jnp.asarray(a, jnp.float64) for a in _pair(seed=8, n=2, h=hw[0], w=hw[1]))
+        dist = jax.jit(lambda p, x, y, k: _elpips.distance(p, x, y, key=k))
+        levels = set()
+        for seed in _keys_per_level(p.scale_levels, x.shape[0]):
+            key = jax.random.key(seed)
+            old, level = _per_level_distance(p, x, y, key)
+            levels.add(level)
+            got = dist(p, x, y, key)
+            bound = np.finfo(np.float32).eps * np.abs(old)
+            assert np.all(np.abs(got - old) <= bound), (level, got, old)
+        assert levels == set(range(1, 9))
+        key = jax.random.key(31)
+        got = _elpips.distance(p, x, y, key=key, samples=3)
+        old = np.mean([_per_level_distance(p, x, y, k)[0] for k in jax.random.split(key, 3)], axis=0)
+        assert np.all(np.abs(got - old) <= np.finfo(np.float32).eps * np.abs(old)), (got, old)
+
+
 def test_trunk_matches_the_module_with_jax_derivatives(params):
     """E-LPIPS' trunk walk (its convs with their own VJP) equals ``_nets.Trunk("vgg_avg")``
     (JAX's derivatives): the taps, and gradients w.r.t. the input and the weights."""
@@ -669,3 +756,12 @@ def test_dropout_masks_keep_99_percent():
         assert abs(part.mean() - p) < 5 * sd, (part.mean(), p, sd)
     other = jax.jit(lambda k: _elpips._sampled_masks(k, n, h, w))(jax.random.key(1))
     assert not np.array_equal(np.asarray(masks[0]), np.asarray(other[0]))
+
+
+def test_too_many_pairs_for_one_draw_is_refused():
+    """The canvas's dropout masks are indexed in int32: a batch past that is refused at
+    trace time, naming the batch (not silently given other masks)."""
+    p = _elpips.load()
+    big = jax.ShapeDtypeStruct((700, 256, 256, 3), jnp.float32)
+    with pytest.raises(ValueError, match="700 pairs of 256x256 images are too many for one draw"):
+        jax.eval_shape(lambda a, b: _elpips.distance(p, a, b, key=jax.random.key(0)), big, big)
