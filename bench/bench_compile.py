@@ -128,7 +128,7 @@ def sweep(nets, mode, rounds, clear):
               f"{statistics.median(tot):6.2f}  {min(tot):.2f}-{max(tot):.2f} s")  # fmt: skip
 
 
-def _elpips_module(path):
+def elpips_module(path):
     """An E-LPIPS implementation from a file (``lpips_jax/_elpips.py``'s interface)."""
     spec = importlib.util.spec_from_file_location("elpips_under_test", path)
     module = importlib.util.module_from_spec(spec)
@@ -162,7 +162,7 @@ def elpips_sweep(sizes, rounds, old_path):
     base = _elpips.load()
     impls = {"vgg": "vgg", "elpips": (_elpips, base)}
     if old_path:
-        old = _elpips_module(old_path)
+        old = elpips_module(old_path)
         impls["elpips-old"] = (old, old.ELPIPSParams(trunk=base.trunk, heads=base.heads))
     warm = _elpips_compile_time("vgg", 48, 2, "fwd")  # outside the set: one-time costs
     print(f"E-LPIPS (8 levels, 1 draw) beside LPIPS-vgg on {jax.default_backend()}, jax {jax.__version__}; "

@@ -21,11 +21,11 @@ XLA's defaults: run without XLA_FLAGS.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
 
+import bench_compile  # beside this script
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,12 +35,7 @@ from lpips_jax import _elpips
 LEVELS = 8
 
 
-def _module(path):
-    spec = importlib.util.spec_from_file_location("elpips_a", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+_module = bench_compile.elpips_module
 
 
 def _seeds(batch):
