@@ -7,6 +7,7 @@ Independent references live here: the official ``lpips`` model with our exact pa
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +19,6 @@ import lpips_jax
 # The v0.1 scaling layer's shift: an image at this value is 0 after scaling, so with
 # zero conv biases every tap's feature vector is exactly 0 there ("vanishing features").
 SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)
-
-
-# The entry points (distance, layer_distances, distance_map, features + distance_from_
-# features, the linen module; batched or not, jitted or not) run the same computation:
-# they differ only by float32 rounding of the same sums in another order (fusion, batch
-# size, the CPU conv form chosen per shape). Measured up to 5e-7 relative; 16 ulp allowed.
-ENTRY_RTOL = 16 * float(np.finfo(np.float32).eps)
 
 
 @functools.cache
@@ -77,6 +71,76 @@ def to_f64(params):
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)
 
 
+def x64():
+    """A block computing in float64 (the jit cache keys on it): ``jax.enable_x64`` from jax
+    0.8 on, ``jax.experimental.enable_x64`` before (the floor, jax 0.5.3)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+
+    return enable_x64(True)
+
+
+# ---------------------------------------------------------------------------------------
+# Two paths to one quantity, and the quantity in float64
+
+EPS32 = float(np.finfo(np.float32).eps)
+_TRUTHS: dict = {}
+
+
+def float64_truth(fn, params, *arrays):
+    """``fn(params, *arrays)`` with the params and arrays in float64 (under :func:`x64`), as
+    float64 numpy: once per params object and array values (compiled once per shape)."""
+    arrays = [np.asarray(a) for a in arrays]
+    key = (fn, id(params), *((a.shape, hashlib.sha1(np.ascontiguousarray(a)).digest()) for a in arrays))
+    if key not in _TRUTHS:
+        with x64():
+            out = fn(to_f64(params), *(jnp.asarray(a, jnp.float64) for a in arrays))
+            out = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), out)
+        _TRUTHS[key] = (params, out)  # params kept: its id stays its own
+    return _TRUTHS[key][1]
+
+
+def assert_paths_agree(got, want, truth=None, *, what: str = "") -> None:
+    """Two paths to one quantity agree: broadcast or repeated, batched or alone, jit or
+    eager, a module or the function, features + distance_from_features or distance, a
+    transform or none. Pytrees of one structure, leaf by leaf, each relative to its scale
+    ``max|truth|`` (``max|want|`` without a truth), never element by element.
+
+    float32 paths, ``truth`` the quantity in float64 (:func:`float64_truth`): ``got`` is no
+    further from it than 4x ``want``'s error plus 8 ulp of the scale (``truth=want`` takes
+    ``want`` as exact: the floor alone, for one program on equal inputs where no float64
+    twin exists). float64 paths (no ``truth``): within 1e-12 of the scale.
+    """
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want), what
+    gots, wants = jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+    truths = wants if truth is None else jax.tree_util.tree_leaves(truth)
+    assert len(truths) == len(wants), what
+    for k, (g, w, t) in enumerate(zip(gots, wants, truths)):
+        name = f"{what} leaf {k}" if len(truths) > 1 else what
+        if truth is None:
+            assert np.asarray(g).dtype == np.float64, f"{name}: float32 paths need a float64 truth"
+        g, w, t = (np.asarray(a, np.float64) for a in (g, w, t))
+        assert g.shape == w.shape == t.shape, (name, g.shape, w.shape, t.shape)
+        assert np.all(np.isfinite(g)), f"{name}: not finite"
+        scale, err, err_want = np.abs(t).max(), np.abs(g - t).max(), np.abs(w - t).max()
+        if truth is None:
+            # float64 rounds the sums that float32 rounds to <= 1e3 ulp to 2e-13 of the scale
+            bound = 1e-12 * scale
+        else:
+            # the guard: want is a float32 rounding of the quantity, or the bound means
+            # nothing (the largest float32 departure measured, a kink flip: 1e-2, test_grad)
+            assert err_want <= 3e-2 * scale, f"{name}: the reference is {err_want / scale:.3g} of scale off"
+            # got rounds the same sums in another order (fusion, batch size, conv form):
+            # its error is of want's size (4x: an unlucky draw), and not bounded below the
+            # rounding of the last reductions (channel sums of <= 512 terms, ~sqrt(512)/2
+            # ulp in a random order; then space and taps): 8 ulp of the scale
+            bound = 4 * err_want + 8 * EPS32 * scale
+        assert err <= bound, (
+            f"{name}: |got - truth| = {err:.3g} > {bound:.3g} (scale {scale:.3g}, want off {err_want:.3g})"
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # Images
 
@@ -88,6 +152,15 @@ def photo_pair(n: int, size: int | tuple[int, int], seed: int = 0):
     kinds = ["noise", "blur", "jpeg"]
     dist = np.stack([distort(im, kinds[i % 3], seed + i) for i, im in enumerate(imgs)])
     return to_unit(imgs), to_unit(dist)
+
+
+@functools.cache
+def entry_pair() -> tuple[np.ndarray, np.ndarray]:
+    """The pair of the entry-point tests: 3 photo crops of 32x32 (alex needs 31) and their
+    distortions. One shape wherever the size does not matter (each program traces and
+    compiles once), and small: the floor's jax 0.5.3 runs float64 convs ~40x slower than
+    float32 (alex 64x64: 4 s a forward pass), and the truths are float64."""
+    return photo_pair(3, 32, seed=21)
 
 
 EDGE_CASES = (
@@ -250,3 +323,7 @@ def image_and_feature_losses(remat: bool):
         return lpips_jax.distance_from_features(p, fx, fy).sum()
 
     return loss, loss_f
+
+
+# The bound the tests not yet moved to assert_paths_agree use: 16 float32 ulps, relative.
+ENTRY_RTOL = 16 * float(np.finfo(np.float32).eps)
