@@ -1,8 +1,9 @@
 """A non-editable install carries the shipped weights: ``load("alex")`` works offline.
 
 Builds a wheel of the working tree (hatchling, no build isolation, no dependency
-install; in CI the one .ci/run built for the floor step too), installs it with ``pip --target`` into a temporary folder and imports it from
-there in a fresh interpreter whose working directory is outside the repository.
+install; in CI the one .ci/run built for the floor step too), installs it with
+``pip --target`` into a temporary folder and imports it from there in a fresh
+interpreter whose working directory is outside the repository.
 """
 
 from __future__ import annotations
