@@ -323,7 +323,3 @@ def image_and_feature_losses(remat: bool):
         return lpips_jax.distance_from_features(p, fx, fy).sum()
 
     return loss, loss_f
-
-
-# The bound the tests not yet moved to assert_paths_agree use: 16 float32 ulps, relative.
-ENTRY_RTOL = 16 * float(np.finfo(np.float32).eps)

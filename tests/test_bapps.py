@@ -901,19 +901,6 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_usable(mini, tmp_path,
     assert sorted(p.name for p in ck.iterdir()) == ["epoch_0002", "epoch_0003"]
 
 
-def test_options_are_keyword_only():
-    import inspect
-
-    from lpips_jax import bapps
-
-    for fn, positional in (
-        (bapps.evaluate, 2), (bapps.train, 1), (bapps.l2, 2),
-        (bapps.ssim, 2), (bapps.dssim, 2), (bapps.export_heads_torch_format, 1),
-    ):  # fmt: skip
-        params = list(inspect.signature(fn).parameters.values())
-        assert all(p.kind is p.KEYWORD_ONLY for p in params[positional:]), fn.__name__
-
-
 @pytest.mark.parametrize("argv", [["--net", "dists"], ["--net", "alex", "--variant", "shift_tolerant"]])
 def test_cli_eval_scores_the_family(prepared, tmp_path, argv):
     """``eval --net dists`` and ``--variant shift_tolerant`` score DISTS and ST-LPIPS: the

@@ -15,7 +15,6 @@ present, a transformation drawn by our sampler is fed to both sides.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import os
 import subprocess
 import sys
@@ -537,17 +536,6 @@ def test_errors(params):
         _elpips.distance({"trunk": None}, x, y, key=key)
 
 
-def test_options_are_keyword_only():
-    for fn, names in (
-        (_elpips.distance, ["params", "x", "y"]),
-        (_elpips.distance_at, ["params", "x", "y", "transform"]),
-    ):
-        sig = inspect.signature(fn)
-        positional = [n for n, prm in sig.parameters.items() if prm.kind == prm.POSITIONAL_OR_KEYWORD]
-        assert positional == names
-
-
-@pytest.mark.slow
 def test_default_levels_and_many_samples(params):
     """The default 8 levels at 64x64 (the official example size): 4 draws, and the
     gradient of one."""

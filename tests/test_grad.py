@@ -514,11 +514,12 @@ def _sum_distance(params, x, y):
     return lpips_jax.distance(params, x, y).sum()
 
 
-@pytest.mark.parametrize("shape", [(3, 6), (1, 2, 3, 6)], ids=["rows", "batch-1 map"])
-def test_check_grads_float64_normalize_channels_second_order(shape):
-    """Second order of the normalisation near (not at) zero and at ordinary vectors. A
-    batch-1 map takes the hand-written derivative (on the CPU; ``_metric._normalize``)."""
+def test_check_grads_float64_normalize_channels_second_order():
+    """Second order of the normalisation (JAX's own derivatives of its double ``where``)
+    near (not at) zero and at ordinary vectors, on a batch-1 map: the channel sum is over
+    the last axis whatever the leading ones."""
     rng = np.random.default_rng(3)
+    shape = (1, 2, 3, 6)
     with jax.enable_x64(True):
         for scale in (1e-3, 1.0, 1e3):
             f = jnp.asarray(rng.normal(size=shape) * scale)

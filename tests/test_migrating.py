@@ -10,7 +10,7 @@ References, computed here another way: the official ``lpips`` 0.1.4 on the same 
 in ``test_parity.py``; per-image loops over unbatched calls; and ``lpips_jax.distance`` on
 the [-1, 1] images for the snippets that convert shapes or pass [0, 1] images. The [0, 1]
 images are multiples of 1/256, so ``2 * x01 - 1`` is exactly ``x``: those comparisons are
-entry-point comparisons (``ENTRY_RTOL``). AlexNet at 64x64, N = 3 (the batch size at
+entry-point comparisons (``_close``: ``assert_paths_agree``). AlexNet at 64x64, N = 3 (the batch size at
 which ``l1_map + w * d`` broadcasts silently wrong).
 """
 
